@@ -1,0 +1,200 @@
+"""Pieces shared by the GEMM-family kernels (matmul, linear, the fused inference ops):
+program-to-tile mapping, per-architecture autotune config lists, a launcher that autotunes on
+CUDA and uses one fixed config under the interpreter, and operand checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonlab.harness import backend
+from tritonlab.harness.spec import dtype_name
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INT32_MAX = 2**31 - 1
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Map a linear program id to a (pid_m, pid_n) output tile.
+
+    Programs walk GROUP_M tile-rows at a time, column by column, so that programs running
+    together share the same A row-panels and B column-panels in L2 (the "grouped ordering" of
+    Triton's matmul tutorial). Returns the tile's row and column indices.
+    """
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_in_group = pid % num_pid_in_group
+    pid_m = first_pid_m + (pid_in_group % group_size_m)
+    pid_n = pid_in_group // group_size_m
+    return pid_m, pid_n
+
+
+def _cfg(bm, bn, bk, stages, warps, group=8, **extra) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, **extra},
+                         num_stages=stages, num_warps=warps)
+
+
+def gemm_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates for a GEMM tile kernel on a GPU of compute ``capability``.
+
+    Hopper (9.x) gets large 128x256 / 256x128 tiles with 8 warps (two warpgroups, so wgmma
+    has work for both) and 3-4 stages that fit 228 KB of shared memory; Ampere/Ada (8.x) gets
+    the 128x128 family with 3-4 stages for 164 KB (A100) or 100 KB (Ada). fp32 operands are
+    twice as wide, so their K tile is halved to keep the same shared-memory footprint.
+    The first entry is the default used when autotuning is turned off.
+    """
+    major = capability[0]
+    if major >= 9:
+        configs = [
+            _cfg(128, 256, 64, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 4, 8),
+            _cfg(128, 128, 64, 4, 4), _cfg(64, 256, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
+            _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 5, 4),
+        ]
+    elif major == 8:
+        configs = [
+            _cfg(128, 128, 32, 4, 4), _cfg(128, 256, 32, 3, 8), _cfg(256, 128, 32, 3, 8),
+            _cfg(128, 128, 64, 3, 4), _cfg(128, 64, 32, 4, 4), _cfg(64, 128, 32, 4, 4),
+            _cfg(64, 64, 32, 5, 2),
+        ]
+    else:
+        configs = [_cfg(128, 128, 32, 2, 4), _cfg(64, 64, 32, 2, 4)]
+    if dtype == torch.float32:
+        configs = [triton.Config({**c.kwargs, "BLOCK_K": max(16, c.kwargs["BLOCK_K"] // 2)},
+                                 num_stages=c.num_stages, num_warps=c.num_warps)
+                   for c in configs]
+    return configs
+
+
+# Under the interpreter each program costs about 1 ms of Python, whatever its size, so big
+# tiles keep the number of programs (and the test time) small.
+INTERPRETER_CONFIG = _cfg(64, 64, 64, 1, 4)
+
+
+def config_dict(config: triton.Config | None) -> dict | None:
+    if config is None:
+        return None
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("TRITONLAB_AUTOTUNE", "1") != "0"
+
+
+class TunedKernel:
+    """Launches a ``@triton.jit`` kernel with the right config for the backend.
+
+    On CUDA the kernel is wrapped (lazily, on the first call, because the config list depends
+    on the GPU's compute capability) in ``triton.autotune`` keyed on ``key``; with
+    ``TRITONLAB_AUTOTUNE=0`` the list's first config is used without tuning. Under the
+    interpreter, where multi-config autotuning cannot run, ``interpreter_config`` is used.
+    ``heuristics`` maps a constexpr name to a function of the launch arguments (as in
+    ``triton.heuristics``), evaluated after the config is chosen.
+    """
+
+    def __init__(self, kernel, *, key: Sequence[str],
+                 configs: Callable[[tuple[int, int], torch.dtype], list[triton.Config]],
+                 interpreter_config: triton.Config = INTERPRETER_CONFIG,
+                 heuristics: dict[str, Callable[[dict], object]] | None = None):
+        self.kernel = kernel
+        self.key = list(key)
+        self.configs = configs
+        self.interpreter_config = interpreter_config
+        self.heuristics = heuristics or {}
+        self._tuners: dict[tuple, object] = {}
+        self.last_config: dict | None = None
+        self.last_timings: dict[str, float] | None = None
+
+    @property
+    def __name__(self) -> str:
+        return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else str(self.kernel)
+
+    def _runner(self, dtype: torch.dtype):
+        inner = triton.heuristics(self.heuristics)(self.kernel) if self.heuristics else self.kernel
+        if not backend.current().is_gpu:
+            return None, inner
+        cap = torch.cuda.get_device_capability()
+        tag = (cap, dtype, autotune_enabled())
+        if tag not in self._tuners:
+            configs = self.configs(cap, dtype)
+            if not autotune_enabled():
+                configs = configs[:1]
+            self._tuners[tag] = triton.autotune(configs=configs, key=self.key)(inner)
+        return self._tuners[tag], inner
+
+    def launch(self, grid: Callable[[dict], tuple], dtype: torch.dtype, *args, **kwargs) -> None:
+        """Run the kernel on ``grid`` (a function of the chosen meta-parameters)."""
+        tuner, inner = self._runner(dtype)
+        if tuner is None:
+            cfg = self.interpreter_config
+            inner[grid(cfg.kwargs)](*args, **kwargs, **cfg.kwargs,
+                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            self.last_config = config_dict(cfg)
+            self.last_timings = None
+            return
+        tuner[grid](*args, **kwargs)
+        self.last_config = config_dict(tuner.best_config)
+        timings = getattr(tuner, "configs_timings", None)
+        self.last_timings = ({str(config_dict(c)): float(t[0] if isinstance(t, list) else t)
+                              for c, t in timings.items()} if timings else None)
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """The largest element offset a kernel computes for ``t`` (sum of (size-1)*stride)."""
+    return sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when some offset into one of ``tensors`` does not fit in int32: the kernels then
+    compute addresses in int64 (slower, so only when needed)."""
+    return any(max_offset(t) > INT32_MAX for t in tensors)
+
+
+def check_operand(name: str, t: object, ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype_name(t.dtype)}; supported: "
+                        f"{', '.join(dtype_name(d) for d in SUPPORTED_DTYPES)}")
+    return t
+
+
+def check_same(**tensors: torch.Tensor) -> None:
+    """All tensors share one dtype and one device, and that device is the backend's."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {dtype_name(t.dtype)} but {first_name} has "
+                            f"{dtype_name(first.dtype)}; they must match")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                             f"they must be on the same device")
+    want = backend.current().device
+    if first.device.type != want:
+        raise ValueError(f"tensors are on {first.device} but the {backend.current().name} "
+                         f"backend runs on {want}")
+
+
+def precision_for(dtype: torch.dtype, input_precision: str | None) -> str:
+    """The ``tl.dot`` input precision: explicit, else TF32 for fp32 only where torch allows
+    it (``torch.backends.cuda.matmul.allow_tf32``), so the kernel matches torch.matmul."""
+    valid = ("ieee", "tf32")
+    if input_precision is not None and input_precision not in valid:
+        raise ValueError(f"input_precision must be one of {valid}, got {input_precision!r}")
+    if dtype != torch.float32:
+        return "ieee"
+    if input_precision is not None:
+        return input_precision
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
