@@ -65,8 +65,9 @@ def list_cmd(as_json):
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(DTYPE_CHOICES),
               help="dtype(s) to check (repeatable; default: every dtype the backend computes "
                    "correctly).")
-@click.option("--shape", "shapes", multiple=True, help="Shape in the op's dim order, e.g. "
-              "97x83x131 (repeatable; default: the tiny preset on the interpreter, quick on a GPU).")
+@click.option("--shape", "shapes", multiple=True,
+              help="Shape in the op's dim order, e.g. 97x83x131 (repeatable; default: the tiny "
+                   "preset on the interpreter, quick on a GPU).")
 @click.option("--impl", "impls", multiple=True, help="Only these implementations.")
 @click.option("--mode", "modes", multiple=True, help="Only these modes.")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),

@@ -1,0 +1,50 @@
+"""Shared test fixtures. The backend is selected automatically: the interpreter here (no GPU),
+cuda on a GPU machine (where `pytest -m gpu` runs the GPU lane)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tritonlab.harness import backend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def be():
+    return backend.current()
+
+
+@pytest.fixture(scope="session")
+def device(be):
+    return be.device
+
+
+@pytest.fixture
+def gpu(be):
+    if not be.is_gpu:
+        pytest.skip("needs a CUDA GPU")
+    return torch.device("cuda")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `tritonlab` entry point in a subprocess (what a user types)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tritonlab.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=full_env)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu skip with a reason on a machine without CUDA (instead of erroring)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (GPU lane: pytest -m gpu / make gpu-check)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,82 @@
+"""The CLI's list and check through a real subprocess, and every bad input of issue 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+
+def test_list_json_is_clean_and_lists_matmul():
+    r = run_cli("list", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # stdout holds one JSON document and nothing else
+    ops = {op["name"]: op for op in doc["ops"]}
+    assert doc["backend"] in ("cuda", "interpreter")
+    mm = ops["matmul"]
+    assert mm["dims"] == ["M", "N", "K"]
+    assert {"fwd", "infer"} <= set(mm["modes"])
+    assert {"tiny", "quick", "square", "llm"} <= set(mm["presets"])
+    assert {i["name"] for i in mm["impls"]} >= {"triton", "torch"}
+
+
+def test_list_table_names_backend():
+    r = run_cli("list")
+    assert r.returncode == 0, r.stderr
+    assert "backend:" in r.stdout and "matmul" in r.stdout
+
+
+def test_check_matmul_passes_and_json_reports_every_case():
+    r = run_cli("check", "matmul", "--shape", "33x17x65", "--shape", "1x9x130", "--seeds", "2",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True
+    cases = doc["cases"]
+    # impls x modes x dtypes x shapes x seeds, every one present
+    keys = {(c["impl"], c["mode"], c["dtype"], c["shape"]["M"], c["seed"]) for c in cases}
+    assert len(keys) == len(cases)
+    assert {c["impl"] for c in cases} == {"triton", "torch"}
+    n_dtypes = len({c["dtype"] for c in cases})
+    assert len(cases) == 2 * 2 * n_dtypes * 2 * 2  # impls, modes, dtypes, shapes, seeds
+    for c in cases:
+        if c["correct"] is None:
+            continue
+        assert c["correct"] is True
+        assert c["rel_fro_err"] <= c["tol_rel_fro"] and c["max_rel_err"] <= c["tol_max_rel"]
+
+
+def test_check_table_and_backend_override():
+    r = run_cli("--backend", "interpreter", "check", "matmul", "--impl", "triton",
+                "--dtype", "float16", "--mode", "fwd")
+    assert r.returncode == 0, r.stderr
+    assert "interpreter" in r.stdout and "0 failed" in r.stdout
+
+
+def test_check_bfloat16_on_interpreter_is_skipped_with_reason(be):
+    if be.is_gpu:
+        pytest.skip("on a GPU bf16 is checked for real")
+    r = run_cli("check", "matmul", "--dtype", "bfloat16", "--impl", "triton", "--json")
+    assert r.returncode == 0, r.stderr
+    cases = json.loads(r.stdout)["cases"]
+    assert cases and all(c["correct"] is None and "interpreter" in c["error"] for c in cases)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["check", "nosuchop"], "valid ops: "),
+    (["check", "matmul", "--shape", "12x"], "malformed shape"),
+    (["check", "matmul", "--shape", "12x12"], "takes 3"),
+    (["check", "matmul", "--shape", "0x4x4"], "must be positive"),
+    (["check", "matmul", "--shape", "-3x4x4"], "must be positive"),
+    (["check", "matmul", "--dtype", "int8"], "float16"),
+    (["check", "matmul", "--impl", "cublas"], "valid impls: triton, torch"),
+    (["check", "matmul", "--mode", "sideways"], "valid modes"),
+    (["--backend", "tpu", "list"], "interpreter"),
+])
+def test_bad_input_exits_2_with_the_valid_choices(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
