@@ -91,7 +91,10 @@ def run_poisoned(impl: Impl, inputs: Inputs, mode: str) -> Outputs:
     with torch.no_grad():
         for t in first:
             if isinstance(t, torch.Tensor) and t.is_floating_point():
-                t.fill_(math.nan)
+                # An infer-mode output made under torch.inference_mode is an inference
+                # tensor, writable only inside inference mode.
+                with torch.inference_mode(t.is_inference()):
+                    t.fill_(math.nan)
     poison(inputs)
     out = run()
     return tuple(t.detach().clone() for t in out)

@@ -14,10 +14,14 @@ import triton.language as tl
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 
-_SQRT1_2 = 0.7071067811865476
-_SQRT_2_OVER_PI = 0.7978845608028654
-_INV_SQRT_2PI = 0.3989422804014327
-_GELU_TANH_C = 0.044715
+# tl.constexpr: compiled kernels may read a global only if it is one (plain floats run
+# under the interpreter but fail to compile with "Cannot access global variable"). Under
+# the interpreter a constexpr must not be the left operand of a tensor op (it wraps the
+# result instead of computing it), hence `x * C`, never `C * x`, below.
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+_GELU_TANH_C = tl.constexpr(0.044715)
 
 
 def normalize_activation(activation: str | None) -> str:
@@ -48,7 +52,7 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
     elif ACTIVATION == "gelu":
         x = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT1_2))
     elif ACTIVATION == "gelu_tanh":
-        x = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)))
+        x = 0.5 * x * (1.0 + _tanh((x + x * x * x * _GELU_TANH_C) * _SQRT_2_OVER_PI))
     elif ACTIVATION == "silu":
         x = x * _sigmoid(x)
     return x
@@ -62,9 +66,9 @@ def activation_grad(x, ACTIVATION: tl.constexpr):
     elif ACTIVATION == "gelu":
         d = 0.5 * (1.0 + tl.math.erf(x * _SQRT1_2)) + x * _INV_SQRT_2PI * tl.exp(-0.5 * x * x)
     elif ACTIVATION == "gelu_tanh":
-        t = _tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))
+        t = _tanh((x + x * x * x * _GELU_TANH_C) * _SQRT_2_OVER_PI)
         d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (
-            1.0 + 3.0 * _GELU_TANH_C * x * x)
+            1.0 + x * x * (3.0 * _GELU_TANH_C))
     elif ACTIVATION == "silu":
         s = _sigmoid(x)
         d = s * (1.0 + x * (1.0 - s))

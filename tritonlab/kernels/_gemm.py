@@ -90,6 +90,14 @@ def autotune_enabled() -> bool:
     return os.environ.get("TRITONLAB_AUTOTUNE", "1") != "0"
 
 
+# One entry per autotuning run of any TunedKernel, oldest first: {"kernel", "config" (the
+# winner), "timings" (ms per config)}. The sweep reads the entries a point's warm-up added,
+# so the timings it records are those of the tuning that chose that point's config (a
+# tuner's own ``configs_timings`` keeps the last tuning of any key), and a growing log tells
+# it that tuning is still going on.
+TUNING_LOG: list[dict] = []
+
+
 class TunedKernel:
     """Launches a ``@triton.jit`` kernel with the right config for the backend.
 
@@ -113,10 +121,21 @@ class TunedKernel:
         self._tuners: dict[tuple, object] = {}
         self.last_config: dict | None = None
         self.last_timings: dict[str, float] | None = None
+        self._logged_timings: object = None
 
     @property
     def __name__(self) -> str:
         return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else str(self.kernel)
+
+    def compile_target(self, name: str, dtype: torch.dtype, values: dict, **kwargs):
+        """This kernel, its per-architecture config list and its heuristics as a
+        :class:`tritonlab.harness.inspect.CompileTarget` launched with ``values`` (a typical
+        launch's arguments), for ``OpSpec.compile_targets``."""
+        from tritonlab.harness.inspect import CompileTarget
+
+        return CompileTarget(name, self.kernel, dtype, values,
+                             configs=lambda capability: self.configs(capability, dtype),
+                             heuristics=self.heuristics, **kwargs)
 
     def _runner(self, dtype: torch.dtype):
         inner = triton.heuristics(self.heuristics)(self.kernel) if self.heuristics else self.kernel
@@ -146,6 +165,10 @@ class TunedKernel:
         timings = getattr(tuner, "configs_timings", None)
         self.last_timings = ({str(config_dict(c)): float(t[0] if isinstance(t, list) else t)
                               for c, t in timings.items()} if timings else None)
+        if timings and timings is not self._logged_timings:
+            self._logged_timings = timings
+            TUNING_LOG.append({"kernel": self.__name__, "config": self.last_config,
+                               "timings": self.last_timings})
 
 
 def max_offset(t: torch.Tensor) -> int:
@@ -159,14 +182,15 @@ def needs_int64(*tensors: torch.Tensor) -> bool:
     return any(max_offset(t) > INT32_MAX for t in tensors)
 
 
-def check_operand(name: str, t: object, ndim: int | None = None) -> torch.Tensor:
+def check_operand(name: str, t: object, ndim: int | None = None,
+                  dtypes: Sequence[torch.dtype] = SUPPORTED_DTYPES) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    if t.dtype not in SUPPORTED_DTYPES:
+    if t.dtype not in dtypes:
         raise TypeError(f"{name} has dtype {dtype_name(t.dtype)}; supported: "
-                        f"{', '.join(dtype_name(d) for d in SUPPORTED_DTYPES)}")
+                        f"{', '.join(dtype_name(d) for d in dtypes)}")
     return t
 
 
@@ -198,3 +222,17 @@ def precision_for(dtype: torch.dtype, input_precision: str | None) -> str:
     if input_precision is not None:
         return input_precision
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def compile_baseline(fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=False)`` for a baseline impl: specialised per shape, as a
+    user benchmarking fixed shapes would. Every sweep point is one more specialisation of the
+    same code object, and past dynamo's recompile limit (8 by default) torch.compile silently
+    runs eager, so the limits are raised first."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 1024))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
+    return torch.compile(fn, dynamic=False)

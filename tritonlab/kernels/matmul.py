@@ -22,6 +22,7 @@ from tritonlab.kernels._gemm import (
     needs_int64,
     precision_for,
 )
+from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk
 
 __all__ = ["matmul", "SPEC"]
 
@@ -109,13 +110,15 @@ def _grid(M: int, N: int):
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None, splitk: bool | None = None) -> torch.Tensor:
     """C = A @ B with A (M, K) and B (K, N), both float16, bfloat16 or float32, any strides.
 
     Returns C (M, N) in the inputs' dtype (or writes ``out``, which may be a strided view).
     ``input_precision`` applies to float32: ``"ieee"`` (exact fp32 products) or ``"tf32"``;
     by default it follows ``torch.backends.cuda.matmul.allow_tf32`` like torch.matmul.
-    Accumulation is always fp32.
+    Accumulation is always fp32. ``splitk``: None sends decode-sized M (at most
+    ``DECODE_MAX_M`` = 16 rows) to the split-K kernel of :mod:`._splitk`, which keeps every SM
+    busy where the tiled kernel would run one program per column tile; True/False force it.
     """
     check_operand("a", a, 2)
     check_operand("b", b, 2)
@@ -137,6 +140,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
         return out
     if K == 0:
         return out.zero_()
+    if (M <= DECODE_MAX_M) if splitk is None else splitk:
+        launch_splitk(a, b, out, precision=precision)
+        return out
     _MATMUL.launch(
         _grid(M, N), a.dtype,
         a, b, out, M, N, K,
@@ -208,6 +214,15 @@ def _build_torch(inputs, mode):
     return lambda: (torch.matmul(a, b, out=out),)
 
 
+def compile_targets(dtype):
+    """What ``tritonlab inspect`` compiles: the kernel as launched on a row-major 4096^3
+    problem (unit strides become constants, as Triton's JIT specialises them)."""
+    n = 4096
+    return [_MATMUL.compile_target("fwd", dtype, dict(
+        M=n, N=n, K=n, stride_am=n, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n,
+        stride_cn=1, INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))]
+
+
 SPEC = OpSpec(
     name="matmul",
     description="C = A @ B (forward GEMM), fp32 accumulation, any layout",
@@ -224,4 +239,5 @@ SPEC = OpSpec(
     flops=flops,
     bytes=bytes_moved,
     tolerance=tolerance,
+    compile_targets=compile_targets,
 )

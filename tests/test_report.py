@@ -1,0 +1,267 @@
+"""`tritonlab report` on a real interpreter sweep and on run directories built per DESIGN.md:
+a self-contained HTML whose embedded images decode, the Markdown twin, several runs side by
+side, the training-vs-inference section, and every kind of bad input."""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import json
+import re
+import shutil
+
+import matplotlib.image as mpimg
+import pytest
+from click.testing import CliRunner
+from conftest import run_cli
+
+from tritonlab.cli import cli
+from tritonlab.harness import report, sweep
+from tritonlab.harness.errors import UsageError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """A real sweep of matmul under the selected backend (interpreter here): two shapes."""
+    out = tmp_path_factory.mktemp("runs") / "sweep"
+    shapes = ["97x83x131", "1x130x75"]
+    points, notes, selection = sweep.plan_from_args(["matmul"], None, shapes, [], [], [])
+    result = sweep.sweep(points, out, resume=False, argv=["pytest"], selection=selection,
+                         options=sweep.SweepOptions(budget_s=0.05))
+    assert result.new_rows == len(result.rows) > 0
+    assert not result.failed, [r["error"] for r in result.failed]
+    return out
+
+
+def _copy_run(src, dst, edit_rows=None, edit_manifest=None):
+    shutil.copytree(src, dst)
+    if edit_manifest:
+        doc = json.loads((dst / "manifest.json").read_text())
+        edit_manifest(doc)
+        (dst / "manifest.json").write_text(json.dumps(doc))
+    if edit_rows:
+        rows = [json.loads(line) for line in (dst / "results.jsonl").read_text().splitlines()]
+        for r in rows:
+            edit_rows(r)
+        (dst / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dst
+
+
+class _Checker(html.parser.HTMLParser):
+    """Collects image sources and links, and checks that every opened tag is closed."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.links, self.errors = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("href", "src"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def _check_html(path) -> _Checker:
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    checker = _Checker()
+    checker.feed(text)
+    checker.close()
+    assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
+    assert not checker.links  # no script, stylesheet or font fetched from anywhere
+    assert "http://" not in text and "https://" not in text
+    for src in checker.images:
+        head, data = src.split(",", 1)
+        assert head == "data:image/png;base64"
+        raw = base64.b64decode(data, validate=True)
+        assert raw[:8] == PNG_SIGNATURE
+        img = mpimg.imread(io.BytesIO(raw), format="png")
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
+    return checker
+
+
+def test_report_of_a_real_run(sweep_run, tmp_path):
+    paths = report.write_report([sweep_run], tmp_path / "rep")
+    checker = _check_html(paths.html)
+    assert len(checker.images) == len(paths.figures) >= 2  # roofline + speedup plot
+    names = {p.name.split("-")[0] for p in paths.figures}
+    assert {"roofline", "speedup"} <= names
+    text = paths.html.read_text()
+    rows = [json.loads(line) for line in (sweep_run / "results.jsonl").read_text().splitlines()]
+    backend = rows[0]["backend"]
+    if backend == "interpreter":
+        assert "NOT GPU performance" in text
+    for heading in ("Environment", "Ceilings", "Roofline", "Results per op", "Correctness"):
+        assert f"<h2>{heading}</h2>" in text
+    assert "% roofline (spec)" in text and "speedup vs torch" in text
+    md = paths.markdown.read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| triton |")
+                  or line.startswith("| torch |")]
+    assert len(table_rows) == len(rows)  # one line per measured point
+    for ref in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (paths.out_dir / ref).is_file()
+    ok = sum(r["correct"] is True and not r["error"] for r in rows)
+    assert f"| {len(rows)} | {ok} | {len(rows) - ok} |" in md
+
+
+def test_runs_side_by_side(sweep_run, tmp_path):
+    def faster(row):
+        if row.get("tflops"):
+            row["tflops"] *= 2
+
+    def rename(doc):
+        doc["run_id"] = "faster-run"
+
+    other = _copy_run(sweep_run, tmp_path / "other", faster, rename)
+    paths = report.write_report([sweep_run, other], tmp_path / "both")
+    _check_html(paths.html)
+    md = paths.markdown.read_text()
+    assert "## Runs side by side" in md and "ratio faster-run" in md
+    section = md.split("## Runs side by side")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| matmul")]
+    assert lines and all(line.rstrip(" |").endswith("| 2") for line in lines)
+    assert len([p for p in paths.figures if p.name.startswith("roofline")]) == 2
+
+
+def test_truncated_last_line_is_skipped_with_a_warning(sweep_run, tmp_path):
+    run = _copy_run(sweep_run, tmp_path / "cut")
+    n = len((run / "results.jsonl").read_text().splitlines())
+    with open(run / "results.jsonl", "a") as f:
+        f.write('{"schema_version": 1, "op": "matmul", "impl": "tri')
+    loaded = report.load_run(run)
+    assert len(loaded.rows) == n
+    assert any("truncated" in w for w in loaded.warnings)
+    r = CliRunner().invoke(cli, ["report", str(run), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.stderr and "truncated" in r.stderr
+    assert (tmp_path / "out" / "index.html").is_file()
+
+
+def _contrast_dir(tmp_path, backend="cuda"):
+    run = tmp_path / "contrast"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": "contrast-1", "kind": "contrast", "backend": backend,
+        "device": {"name": "NVIDIA H100 80GB HBM3", "kind": "cuda", "uuid": "GPU-0"}}))
+    phases = [{"name": "idle", "mode": "idle", "impl": None, "batch": None, "avg_power_w": 70}]
+    for mode, watts in (("train", 600.0), ("infer", 250.0)):
+        for impl in ("triton", "torch"):
+            for batch in (1, 4096):
+                phases.append({"name": f"{mode}/{impl}/b{batch}", "mode": mode, "impl": impl,
+                               "batch": batch, "steps": 100,
+                               "throughput_samples_s": 50.0 * batch,
+                               "latency_p50_ms": 1.0 + batch / 1000, "avg_power_w": watts,
+                               "energy_per_sample_j": watts / (50.0 * batch),
+                               "gpm_sm_util_pct": 90.0 if mode == "train" else None})
+    phases.append({"name": "infer/torch/b9", "mode": "infer", "impl": "torch", "batch": 9,
+                   "error": "OOM: out of memory"})
+    doc = {"schema_version": 1, "kind": "contrast", "backend": backend,
+           "device": "NVIDIA H100 80GB HBM3", "counters": "nvml",
+           "model": {"size": "base", "dim": 1024, "hidden": 2816, "dtype": "bfloat16"},
+           "plan": {"batches": [1, 4096], "duration_s": 10.0},
+           "phases": phases, "warnings": ["GPM unavailable: metric x"],
+           "impl_comparison": [{"mode": "train", "batch": 1, "impl": "triton",
+                                "baseline": "torch", "throughput_ratio": 0.9,
+                                "latency_p50_ratio": 1.1, "energy_per_sample_ratio": 1.05}],
+           "verdict": {"harder": "train", "decided_by": "power",
+                       "explanation": ["Training pushes harder: 600 W against 250 W."]}}
+    (run / "contrast.json").write_text(json.dumps(doc))
+    (run / "counters.csv").write_text("time,phase,power_w\n0.0,idle,70\n0.1,train/triton/b1,600\n")
+    return run
+
+
+def test_contrast_section(sweep_run, tmp_path):
+    contrast = _contrast_dir(tmp_path)
+    paths = report.write_report([sweep_run, contrast], tmp_path / "rep")
+    _check_html(paths.html)
+    md = paths.markdown.read_text()
+    section = md.split("## Training vs inference")[1].split("\n## ")[0]
+    assert "Verdict: training pushes harder (decided by power)." in section
+    assert "- Training pushes harder: 600 W against 250 W." in section
+    assert "OOM: out of memory" in section and "GPM unavailable" in section
+    assert "2 samples over 2 phases; metrics: power_w" in section
+    assert any(p.name.startswith("contrast-") for p in paths.figures)
+    assert "CPU counters" not in section  # a GPU contrast carries no CPU banner
+    # a run with only a contrast is reportable on its own; it has no roofline
+    alone = report.write_report([contrast], tmp_path / "alone")
+    assert "## Roofline" not in alone.markdown.read_text()
+
+
+def test_static_facts_and_fused_points(sweep_run, tmp_path):
+    def add(row):
+        row["unfused_bytes"] = row["bytes"] * 2
+        if row["impl"] == "triton":
+            row["static"] = {"arch": "sm_90a", "kernel": "_matmul_fwd_kernel", "registers": 128,
+                             "kernels": [{"kernel": "_matmul_fwd_kernel", "registers": 128,
+                                          "spill_stores": 0, "smem_bytes": 65536,
+                                          "tensor_core": {"HGMMA.64x128x16.F32": 8}}]}
+
+    run = _copy_run(sweep_run, tmp_path / "static", add)
+    loaded = report.load_run(run)
+    assert all(r["unfused_intensity"] == pytest.approx(r["intensity"] / 2) for r in loaded.rows)
+    md = report.write_report([run], tmp_path / "rep").markdown.read_text()
+    assert "## Static compile facts" in md and "HGMMA.64x128x16.F32:8" in md
+
+
+def test_failed_points_leave_no_plot_but_a_message(sweep_run, tmp_path):
+    def fail(row):
+        row.update(error="compile error: out of resources", tflops=None, speedup=None,
+                   correct=False)
+
+    run = _copy_run(sweep_run, tmp_path / "failed", fail)
+    paths = report.write_report([run], tmp_path / "rep")
+    md = paths.markdown.read_text()
+    assert "no roofline plot: no successful measured point" in md
+    assert "No speedup plot" in md and "compile error: out of resources" in md
+    assert paths.figures == []
+
+
+def _report_cli(*args):
+    return CliRunner().invoke(cli, ["report", *map(str, args)])
+
+
+def test_bad_input(sweep_run, tmp_path):
+    r = run_cli("report", str(tmp_path / "nope"))  # once through the real entry point
+    assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = _report_cli(tmp_path / "empty")
+    assert r.exit_code == 2 and "manifest.json" in r.output
+    newer = _copy_run(sweep_run, tmp_path / "newer",
+                      edit_manifest=lambda d: d.update(schema_version=99))
+    r = _report_cli(newer)
+    assert r.exit_code == 2 and "newer" in r.output
+    newer_row = _copy_run(sweep_run, tmp_path / "newer_row",
+                          edit_rows=lambda row: row.update(schema_version=2))
+    with pytest.raises(UsageError, match="newer"):
+        report.load_run(newer_row)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "manifest.json").write_text(json.dumps({"schema_version": 1, "run_id": "x",
+                                                    "backend": "interpreter"}))
+    r = _report_cli(bare)
+    assert r.exit_code == 2 and "nothing to report" in r.output
+    assert _report_cli().exit_code == 2
+
+
+def test_default_out_dir(sweep_run, tmp_path):
+    run = _copy_run(sweep_run, tmp_path / "one")
+    r = CliRunner().invoke(cli, ["report", str(run)])
+    assert r.exit_code == 0, r.output
+    assert (run / "report" / "index.html").is_file()
+    assert str(run / "report" / "index.html") in r.stdout
+    assert report.default_out_dir([run, tmp_path / "two"]) == tmp_path / "report-one-vs-two"

@@ -1,0 +1,258 @@
+"""``make gpu-check``: everything that needs a GPU, in one command that fits in 8 minutes on
+one H100/H200 (``python -m tritonlab.gpucheck --out DIR``).
+
+The check is the list :data:`STEPS`; each :class:`Step` is a command with a time budget.
+Steps run in order as subprocesses (stdout to ``DIR/<step>.out``, stderr to
+``DIR/<step>.log``); a step that fails, crashes or runs out of time is recorded and the next
+one still runs. A step past its budget gets SIGINT (a sweep then keeps what it measured),
+then SIGKILL. ``DIR/summary.json`` and ``DIR/summary.md`` are rewritten after every step,
+so even an interrupted check leaves its record. To add a step, append a :class:`Step` to
+:data:`STEPS` (and keep the budgets within :data:`TOTAL_BUDGET_S`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Eight minutes, less a margin for starting Python and writing the summary.
+TOTAL_BUDGET_S = 460.0
+# A step that would get less time than this is skipped.
+MIN_STEP_S = 5.0
+# After SIGINT, how long a step may take to save its work before SIGKILL.
+GRACE_S = 15.0
+
+Verify = Callable[[Path], tuple[bool, dict]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the check. ``argv(out_dir)`` gives the command line; ``verify(out_dir)``
+    (optional) inspects what a successful command wrote and returns (ok, details)."""
+
+    name: str
+    budget_s: float
+    argv: Callable[[Path], list[str]]
+    description: str = ""
+    verify: Verify | None = None
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # passed | failed | timeout | error | skipped
+    budget_s: float
+    seconds: float = 0.0
+    rc: int | None = None
+    command: list[str] = field(default_factory=list)
+    stdout: str | None = None
+    log: str | None = None
+    note: str = ""
+    details: dict = field(default_factory=dict)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to the step's own process (Ctrl-C: a sweep saves its state; its children, such
+    as a compiler, are left to finish), then SIGKILL to its whole process group."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_step(step: Step, out: Path, budget_s: float, env: dict | None = None) -> StepResult:
+    """Run one step with ``budget_s`` seconds; never raises for the step's own failures."""
+    result = StepResult(step.name, "error", budget_s)
+    stdout_path, log_path = out / f"{step.name}.out", out / f"{step.name}.log"
+    result.stdout, result.log = stdout_path.name, log_path.name
+    start = time.monotonic()
+    try:
+        result.command = [str(a) for a in step.argv(out)]
+        with open(stdout_path, "wb") as so, open(log_path, "wb") as se:
+            proc = subprocess.Popen(result.command, stdout=so, stderr=se, cwd=REPO, env=env,
+                                    start_new_session=True)
+            try:
+                result.rc = proc.wait(timeout=budget_s)
+            except subprocess.TimeoutExpired:
+                _stop(proc)
+                result.rc = proc.returncode
+                result.status = "timeout"
+                result.note = f"ran past its {budget_s:.0f} s budget; stopped"
+    except Exception as exc:  # the command could not start (missing program, bad argv)
+        result.note = f"{type(exc).__name__}: {exc}"
+        result.seconds = time.monotonic() - start
+        return result
+    result.seconds = time.monotonic() - start
+    if result.status != "timeout":
+        result.status = "passed" if result.rc == 0 else "failed"
+        if result.rc != 0:
+            result.note = f"exit code {result.rc}"
+    if step.verify is not None:
+        try:
+            ok, result.details = step.verify(out)
+        except Exception as exc:  # a verifier's own failure is the step's failure
+            ok, result.details = False, {"verify_error": f"{type(exc).__name__}: {exc}"}
+        if not ok and result.status == "passed":
+            result.status = "failed"
+            result.note = "its outputs did not pass verification"
+    return result
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_summary(out: Path, results: Sequence[StepResult], started: str, finished: bool) -> dict:
+    summary = {
+        "started": started,
+        "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds") if finished
+        else None,
+        "passed": finished and all(r.status == "passed" for r in results),
+        "steps": [asdict(r) for r in results],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["# GPU check", "", f"started {started}"
+             + (f", finished {summary['finished']}" if finished else " (still running)"), "",
+             "| step | status | seconds | budget | note |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} | {r.budget_s:.0f} | "
+                     f"{r.note.replace('|', '/')} |")
+    for r in results:
+        if r.details:
+            lines += ["", f"## {r.name}", "", "```", json.dumps(r.details, indent=2), "```"]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def run_steps(steps: Sequence[Step], out: str | Path, *, total_budget_s: float = TOTAL_BUDGET_S,
+              env: dict | None = None, echo: Callable[[str], None] | None = None) -> dict:
+    """Run ``steps`` in order within ``total_budget_s``; each gets its budget or what is
+    left; a step that would get less than its budget and under :data:`MIN_STEP_S` is
+    skipped. Returns the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = _env() if env is None else env
+    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    deadline = time.monotonic() + total_budget_s
+    results: list[StepResult] = []
+    for step in steps:
+        left = deadline - time.monotonic()
+        budget = min(step.budget_s, left)
+        if left < min(step.budget_s, MIN_STEP_S):
+            results.append(StepResult(step.name, "skipped", step.budget_s,
+                                      note=f"only {max(left, 0):.0f} s of the check's "
+                                           f"{total_budget_s:.0f} s left"))
+        else:
+            if echo:
+                echo(f"[gpu-check] {step.name} (budget {budget:.0f} s): {step.description}")
+            results.append(run_step(step, out, budget, env))
+        if echo:
+            r = results[-1]
+            echo(f"[gpu-check] {step.name}: {r.status} in {r.seconds:.0f} s {r.note}".rstrip())
+        write_summary(out, results, started, finished=False)
+    return write_summary(out, results, started, finished=True)
+
+
+# ------------------------------------------------------------------------- the steps
+
+def junit_counts(path: Path) -> dict:
+    """tests / failures / errors / skipped totals of a JUnit XML file."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    keys = ("tests", "failures", "errors", "skipped")
+    return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
+
+
+def _verify_pytest(out: Path) -> tuple[bool, dict]:
+    xml = out / "pytest-gpu.xml"
+    if not xml.exists():
+        return False, {"error": "pytest wrote no JUnit XML"}
+    counts = junit_counts(xml)
+    ran = counts["tests"] - counts["skipped"]
+    counts["ran"] = ran
+    return counts["failures"] == 0 and counts["errors"] == 0 and ran > 0, counts
+
+
+def _verify_sweep(out: Path) -> tuple[bool, dict]:
+    run = out / "sweep-quick"
+    manifest = json.loads((run / "manifest.json").read_text())
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()
+            if line.strip()]
+    failed = [f"{r['op']} {r['impl']} {r['mode']} {r['dtype']} "
+              f"{'x'.join(map(str, r['shape'].values()))}: {r['error']}"
+              for r in rows if r.get("error")]
+    details = {"device": manifest["device"].get("name"), "backend": manifest.get("backend"),
+               "status": manifest.get("status"), "rows": len(rows), "failed": failed}
+    ok = manifest.get("backend") == "cuda" and rows and not failed
+    return bool(ok), details
+
+
+def _pytest_argv(out: Path) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
+            f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
+
+
+def _sweep_argv(out: Path) -> list[str]:
+    return [sys.executable, "-m", "tritonlab.cli", "--backend", "cuda", "sweep",
+            "--preset", "quick", "--budget", "0.5", "--out", str(out / "sweep-quick"), "--json"]
+
+
+STEPS: list[Step] = [
+    Step("nvidia-smi", 15, lambda out: ["nvidia-smi"], "the GPU, driver and clocks"),
+    Step("pytest-gpu", 190, _pytest_argv,
+         "pytest -m gpu: compiled kernels incl. bfloat16, autotune, CUDA timer, sweep on CUDA",
+         _verify_pytest),
+    Step("sweep-quick", 240, _sweep_argv, "a quick sweep of every op into sweep-quick/",
+         _verify_sweep),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tritonlab.gpucheck",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: reports/gpu-<date-time>)")
+    parser.add_argument("--only", action="append", default=[], metavar="STEP",
+                        help="run only this step (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the steps and exit")
+    parser.add_argument("--total-budget", type=float, default=TOTAL_BUDGET_S,
+                        help=f"seconds for the whole check (default {TOTAL_BUDGET_S:.0f})")
+    args = parser.parse_args(argv)
+    if args.list:
+        for s in STEPS:
+            print(f"{s.name:12s} {s.budget_s:5.0f} s  {s.description}")
+        return 0
+    names = [s.name for s in STEPS]
+    unknown = [n for n in args.only if n not in names]
+    if unknown:
+        parser.error(f"unknown step {', '.join(unknown)}; steps: {', '.join(names)}")
+    steps = [s for s in STEPS if not args.only or s.name in args.only]
+    out = Path(args.out or REPO / "reports" / f"gpu-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    summary = run_steps(steps, out, total_budget_s=args.total_budget,
+                        echo=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"gpu-check {'passed' if summary['passed'] else 'FAILED'}: {out / 'summary.md'}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

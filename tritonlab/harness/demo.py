@@ -1,0 +1,202 @@
+"""The lab's main job (``tritonlab demo``, what ``make demo`` runs), on whatever device is
+present:
+
+0. measure the device's ceilings unless they are cached (``tritonlab device --measure``), so
+   the roofline has measured ceilings beside the datasheet's (the CPU has only those);
+1. check every op against its float64 reference (the ``tiny`` shapes: odd sizes that hit
+   every edge mask; every dtype the backend computes correctly), written to ``check.json``;
+2. a quick sweep into ``OUT/sweep`` (the ``quick`` preset on a GPU, ``tiny`` on the
+   interpreter), every point checked before it is timed;
+3. a short training-vs-inference contrast into ``OUT/contrast``;
+4. the report of both runs: ``OUT/index.html`` and ``OUT/report.md``.
+
+Without a GPU it is sized to finish in under 3 minutes on 2 cores: the interpreter sweep
+takes one dtype (float16) and a short time budget per point, and the contrast the tiny model
+at two batch sizes with 1 s phases. The interpreter's times show that everything runs and is
+correct; they are not GPU performance, and the report says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonlab.harness import backend as backend_mod
+from tritonlab.harness.errors import UsageError
+from tritonlab.harness.output import dumps
+
+# What one demo does per backend. ``sweep_dtypes`` None: every dtype the op supports there.
+SETTINGS = {
+    "cuda": dict(sweep_preset="quick", sweep_dtypes=("bfloat16",), sweep_budget_s=0.25,
+                 contrast=dict(batches=(1, 16, 256, 4096), duration_s=3.0, model_size="base",
+                               warmup_s=1.0, idle_s=2.0, cooldown_s=1.0)),
+    "interpreter": dict(sweep_preset="tiny", sweep_dtypes=("float16",), sweep_budget_s=0.05,
+                        contrast=dict(batches=(1, 64), duration_s=1.0, model_size="tiny",
+                                      warmup_s=0.1, idle_s=1.0, cooldown_s=0.1)),
+}
+# The demo replaces these in OUT (and only these): what a previous demo wrote there.
+OWNED = ("sweep", "contrast", "figures", "index.html", "report.md", "check.json")
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    html: Path
+    markdown: Path
+    sweep_dir: Path
+    contrast_dir: Path
+    check_failures: list[str] = field(default_factory=list)
+    sweep_failures: list[str] = field(default_factory=list)
+    contrast_failures: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not (self.check_failures or self.sweep_failures or self.contrast_failures)
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous demo wrote in ``out``; refuse anything else in its way (a
+    ``sweep`` folder that is not a run directory, say) rather than delete it."""
+    for name in OWNED:
+        path = out / name
+        if not path.exists():
+            continue
+        if name in ("sweep", "contrast"):
+            if not (path / "manifest.json").is_file():
+                raise UsageError(f"{path} exists and is not a run directory; choose another "
+                                 f"--out or move it away")
+            shutil.rmtree(path)
+        elif name == "figures":
+            if any(p.suffix != ".png" for p in path.iterdir()):
+                raise UsageError(f"{path} holds files other than figures; choose another "
+                                 f"--out or move it away")
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _check(ops, say) -> tuple[list[dict], list[str]]:
+    from tritonlab.harness import check
+
+    be = backend_mod.current()
+    cases, failures = [], []
+    for op in ops:
+        dtypes = op.dtypes if be.is_gpu else op.dtypes_interpreter
+        shapes = {op.name: [dict(s) for s in op.presets.get("tiny", check.default_shapes(op))]}
+        for r in check.iter_cases([op], dtypes, shapes, seeds=1):
+            cases.append(r.to_dict())
+            if r.correct is False:
+                failures.append(f"check {r.op} {r.impl} {r.mode} {r.dtype} "
+                                f"{'x'.join(map(str, r.shape.values()))}: {r.error}")
+        done = [c for c in cases if c["op"] == op.name]
+        say(f"  check {op.name}: {sum(c['correct'] is True for c in done)} ok, "
+            f"{sum(c['correct'] is False for c in done)} failed, "
+            f"{sum(c['correct'] is None for c in done)} skipped")
+    return cases, failures
+
+
+def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str]:
+    from tritonlab.harness import registry, sweep
+    from tritonlab.harness.runstore import shape_str
+    from tritonlab.harness.spec import dtype_name
+
+    be = backend_mod.current()
+    preset = settings["sweep_preset"]
+    shapes = {op.name: registry.parse_preset(preset, op) for op in ops if preset in op.presets}
+    chosen = [op for op in ops if op.name in shapes]
+    dtypes = {}
+    for op in chosen:
+        allowed = op.dtypes if be.is_gpu else op.dtypes_interpreter
+        wanted = [registry.parse_dtype(d) for d in settings["sweep_dtypes"]]
+        dtypes[op.name] = [d for d in wanted if d in allowed] or list(allowed[:1])
+    points, notes = sweep.plan(chosen, shapes, dtypes, backend_name=be.name)
+    for note in notes:
+        say(f"  note: {note}")
+    selection = {"ops": [op.name for op in chosen], "preset": preset,
+                 "shapes": {n: [shape_str(s) for s in v] for n, v in shapes.items()},
+                 "dtypes": {n: [dtype_name(d) for d in v] for n, v in dtypes.items()},
+                 "modes": [], "impls": [], "points": len(points), "demo": True}
+    options = sweep.SweepOptions(budget_s=settings["sweep_budget_s"])
+
+    def progress(i, n, label, status):
+        if status != "measuring":
+            say(f"  [{i}/{n}] {label}: {status}")
+
+    result = sweep.sweep(points, out, resume=False, options=options, argv=argv,
+                         selection=selection, progress=progress, notes=notes)
+    return [f"sweep {r['op']} {r['impl']} {r['mode']} {r['dtype']} {shape_str(r['shape'])}: "
+            f"{r['error']}" for r in result.failed]
+
+
+def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
+             progress: Callable[[str], None] | None = None,
+             settings: dict | None = None, argv: Sequence[str] | None = None) -> DemoResult:
+    """Run the demo into ``out_dir`` (see the module docstring) and return where its report
+    is. ``ops`` limits it to some ops (default: all); ``settings`` overrides entries of
+    :data:`SETTINGS` for the present backend (the tests shorten the contrast with it).
+    Raises UsageError for an unknown op or an ``out_dir`` holding other files in the way."""
+    from tritonlab.harness import contrast as contrast_mod
+    from tritonlab.harness import devices, registry, report
+    from tritonlab.harness.runstore import command_argv
+
+    say = progress or (lambda _msg: None)
+    be = backend_mod.current()
+    conf = {**SETTINGS["cuda" if be.is_gpu else "interpreter"], **(settings or {})}
+    specs = registry.resolve_ops(ops)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
+    argv = list(argv) if argv is not None else command_argv()
+    result = DemoResult(out_dir=out, html=out / "index.html", markdown=out / "report.md",
+                        sweep_dir=out / "sweep", contrast_dir=out / "contrast")
+    say(f"demo on {be.label}, writing {out}")
+
+    start = time.perf_counter()
+    info = devices.describe(be)
+    cached = devices.cached_ceilings(info)
+    if cached is None:
+        say(f"0/4 measure the ceilings of {info['name']} (once; cached for later runs)")
+        path = devices.store_ceilings(info, devices.measure_ceilings(be))
+        say(f"  cached in {path}")
+    else:
+        say(f"0/4 ceilings of {info['name']}: {cached.source}")
+    result.seconds["ceilings"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"1/4 check {len(specs)} ops against float64 references")
+    cases, result.check_failures = _check(specs, say)
+    (out / "check.json").write_text(dumps({"backend": be.name, "passed": not
+                                           result.check_failures, "cases": cases}) + "\n")
+    result.seconds["check"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"2/4 {conf['sweep_preset']} sweep into {result.sweep_dir}")
+    result.sweep_failures = _sweep(specs, result.sweep_dir, conf, argv, say)
+    result.seconds["sweep"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"3/4 training-vs-inference contrast into {result.contrast_dir}")
+    doc = contrast_mod.run_contrast(result.contrast_dir, **conf["contrast"], argv=argv,
+                                    progress=lambda m: say(f"  {m}"))
+    result.contrast_failures = [f"contrast {p.get('name')}: {p['error']}"
+                                for p in doc.get("phases", []) if p.get("error")]
+    result.seconds["contrast"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say("4/4 report")
+    paths = report.write_report([result.sweep_dir, result.contrast_dir], out)
+    for w in paths.warnings:
+        say(f"  warning: {w}")
+    result.seconds["report"] = time.perf_counter() - start
+
+    failures = result.check_failures + result.sweep_failures + result.contrast_failures
+    for f in failures:
+        say(f"FAILED {f}")
+    say(f"demo done in {sum(result.seconds.values()):.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + "); "
+        + (f"{len(failures)} failures" if failures else "everything passed"))
+    return result

@@ -1,0 +1,528 @@
+"""Sweeps: every point (op, mode, dtype, shape) x implementation, checked, then timed.
+
+For each point, every implementation is first checked against the float64 reference
+(:func:`tritonlab.harness.check.check_case`, fresh seeded inputs, NaN-poisoned outputs); an
+incorrect one is recorded (``correct: false`` and why) and never timed. The correct ones are
+then built on one shared set of inputs and timed *interleaved* by one
+:class:`~tritonlab.harness.timing.Timer`, so the Triton kernel and its baselines see the same
+data, clocks and temperature; each Triton row gets ``speedup`` = baseline ms / its ms for
+every baseline of the point. The rows of a point are appended to ``results.jsonl`` (and
+flushed) as soon as the point is done, so a crash or Ctrl-C loses at most the point being
+measured, and ``--resume`` skips every (op, impl, mode, dtype, shape) already there.
+
+Extension point: :data:`POINT_HOOKS` (or ``hooks=`` of :func:`run_sweep`) holds callables
+``hook(op, impl, row, run) -> dict | None`` called for every row before it is written, with
+the row so far and the built callable (None when the implementation was not timed); the
+dict they return is merged into the row. A hook that raises is recorded in the row's
+``hook_errors`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tritonlab.harness import backend as backend_mod
+from tritonlab.harness import check, registry, roofline
+from tritonlab.harness.errors import UsageError
+from tritonlab.harness.output import fmt_num, info, table
+from tritonlab.harness.runstore import (
+    SCHEMA_VERSION,
+    RunDir,
+    build_manifest,
+    now_iso,
+    point_key,
+    shape_str,
+)
+from tritonlab.harness.spec import Impl, OpSpec, Shape, dtype_name
+from tritonlab.harness.timing import Measurement, Timer, default_rule, make_timer
+
+PointHook = Callable[[OpSpec, Impl, dict, Callable[[], object] | None], Mapping | None]
+POINT_HOOKS: list[PointHook] = []
+
+
+@dataclass(frozen=True)
+class Point:
+    """One (op, mode, dtype, shape) and the implementations to measure there."""
+
+    op: OpSpec
+    mode: str
+    dtype: torch.dtype
+    shape: Shape
+    impls: tuple[Impl, ...]
+
+    def key(self, impl: Impl) -> tuple:
+        return point_key({"op": self.op.name, "impl": impl.name, "mode": self.mode,
+                          "dtype": dtype_name(self.dtype), "shape": dict(self.shape)})
+
+    @property
+    def label(self) -> str:
+        return f"{self.op.name} {self.mode} {dtype_name(self.dtype)} {shape_str(self.shape)}"
+
+
+@dataclass
+class SweepOptions:
+    """How points are timed: ``cache`` cold/warm (None: the backend's default), CUDA
+    ``graph`` replay, ``budget_s`` per implementation and point (None: the backend's
+    default), and the ``seed`` of the inputs."""
+
+    cache: str | None = None
+    graph: bool = False
+    budget_s: float | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"cache": self.cache, "graph": self.graph, "budget_s": self.budget_s,
+                "seed": self.seed}
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    manifest: dict
+    rows: list[dict]  # every row of the run directory, after this invocation
+    new_rows: int
+    points_total: int
+    points_done_before: int  # skipped because --resume found them complete
+    interrupted: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r.get("error")]
+
+
+# --------------------------------------------------------------------------------- planning
+
+def plan(ops: Sequence[OpSpec], shapes: Mapping[str, Sequence[Shape]],
+         dtypes: Mapping[str, Sequence[torch.dtype]], modes: Sequence[str] = (),
+         impls: Sequence[str] = (), backend_name: str | None = None
+         ) -> tuple[list[Point], list[str]]:
+    """The points to measure, ordered op > shape > dtype > mode (so an autotuned kernel's
+    modes of one shape follow each other), and notes on the combinations left out."""
+    backend_name = backend_name or backend_mod.current().name
+    points: list[Point] = []
+    notes: dict[str, None] = {}
+    for op in ops:
+        op_modes = [m for m in op.modes if not modes or m in modes]
+        if modes and not op_modes:
+            notes[f"{op.name}: has none of the modes {', '.join(modes)} "
+                  f"(modes: {', '.join(op.modes)})"] = None
+        chosen = [i for i in op.impls if not impls or i.name in impls]
+        for shape in shapes[op.name]:
+            for dtype in dtypes[op.name]:
+                why = check.skip_reason(op, dtype, backend_name)
+                if why:
+                    notes[f"{op.name}: skipped {dtype_name(dtype)}: {why}"] = None
+                    continue
+                for mode in op_modes:
+                    runnable = []
+                    for impl in chosen:
+                        reason = impl.supports(mode, dtype, backend_name)
+                        if reason:
+                            notes[f"{op.name}: skipped: {reason}"] = None
+                        else:
+                            runnable.append(impl)
+                    if runnable:
+                        points.append(Point(op, mode, dtype, dict(shape), tuple(runnable)))
+    return points, list(notes)
+
+
+def plan_from_args(op_names: Sequence[str], preset: str | None, shape_texts: Sequence[str],
+                   dtype_names: Sequence[str], mode_names: Sequence[str],
+                   impl_names: Sequence[str]) -> tuple[list[Point], list[str], dict]:
+    """Parse the CLI's choices (raising :class:`UsageError` with the valid ones) into points.
+
+    Defaults: the ``tiny`` preset on the interpreter and ``quick`` on a GPU (an op without
+    it uses its first preset); the dtypes the backend computes correctly. Returns the points,
+    notes and a JSON-ready description of the selection for the manifest.
+    """
+    be = backend_mod.current()
+    ops = registry.resolve_ops(op_names)
+    if preset and shape_texts:
+        raise UsageError("give --preset or --shape, not both")
+    for m in mode_names:
+        registry.parse_mode(m)
+    known_impls = {i.name for op in ops for i in op.impls}
+    unknown = [n for n in impl_names if n not in known_impls]
+    if unknown:
+        raise UsageError(f"unknown impl {', '.join(map(repr, unknown))} for "
+                         f"{', '.join(op.name for op in ops)}; valid impls: "
+                         f"{', '.join(sorted(known_impls))}")
+    notes: list[str] = []
+    shapes: dict[str, list[Shape]] = {}
+    if shape_texts:
+        for op in ops:
+            shapes[op.name] = [registry.parse_shape(s, op) for s in shape_texts]
+    else:
+        name = preset or ("quick" if be.is_gpu else "tiny")
+        for op in ops:
+            if name in op.presets:
+                shapes[op.name] = registry.parse_preset(name, op)
+            elif preset is None:
+                shapes[op.name] = [dict(s) for s in next(iter(op.presets.values()))]
+            else:
+                notes.append(f"{op.name}: no preset {preset!r} (presets: "
+                             f"{', '.join(op.presets)}); op skipped")
+        if not shapes:
+            registry.parse_preset(preset, ops[0])  # raises, naming the valid presets
+    ops = [op for op in ops if op.name in shapes]
+    if dtype_names:
+        chosen = [registry.parse_dtype(d) for d in dtype_names]
+        dtypes = {op.name: chosen for op in ops}
+    else:
+        dtypes = {op.name: list(op.dtypes if be.is_gpu else op.dtypes_interpreter) for op in ops}
+    points, more = plan(ops, shapes, dtypes, mode_names, impl_names, be.name)
+    notes += more
+    if not points:
+        raise UsageError("nothing to measure: " + ("; ".join(notes) or "empty selection"))
+    selection = {"ops": [op.name for op in ops], "preset": preset,
+                 "shapes": {n: [shape_str(s) for s in v] for n, v in shapes.items()},
+                 "dtypes": {n: [dtype_name(d) for d in v] for n, v in dtypes.items()},
+                 "modes": list(mode_names), "impls": list(impl_names), "points": len(points)}
+    return points, notes, selection
+
+
+# ------------------------------------------------------------------------------ measuring
+
+def _tuning_log() -> list[dict]:
+    from tritonlab.kernels._gemm import TUNING_LOG
+
+    return TUNING_LOG
+
+
+def _activity() -> int:
+    """Grows whenever a Triton autotuner benchmarks or torch.compile compiles a graph."""
+    n = len(_tuning_log())
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    if dynamo is not None:
+        try:
+            n += int(dynamo.counters["stats"]["unique_graphs"])
+        except (AttributeError, KeyError, TypeError):
+            pass
+    return n
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying why a point failed, with OOM and compile errors named as such."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in first.lower():
+        return f"OOM: {first}"
+    if "CompilationError" in type(exc).__name__ or type(exc).__module__.startswith("triton"):
+        return f"compile error: {type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {first}"
+
+
+def _free_memory(error: str | None) -> None:
+    if error and error.startswith("OOM") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _current_peaks(be):
+    """This device's roofline peaks (:func:`tritonlab.harness.devices.current_peaks`), or
+    None where none are known (rows then keep null roofline fields)."""
+    from tritonlab.harness import devices
+
+    try:
+        return devices.current_peaks(be)
+    except Exception as exc:  # an unknown device must not stop the sweep
+        info(f"warning: no roofline peaks for this device ({describe_error(exc)})")
+        return None
+
+
+class _Sweeper:
+    """Measures points one by one (see the module docstring)."""
+
+    def __init__(self, be, timer: Timer, options: SweepOptions, device_name: str,
+                 hooks: Sequence[PointHook]):
+        self.be = be
+        self.timer = timer
+        self.rule = default_rule(be.name, options.budget_s)
+        self.options = options
+        self.device_name = device_name
+        self.hooks = list(hooks)
+        self.peaks = _current_peaks(be)
+        self.tuned: dict[tuple, dict] = {}
+
+    def base_row(self, point: Point, impl: Impl) -> dict:
+        op, shape, mode, dtype = point.op, point.shape, point.mode, point.dtype
+        flops = int(op.flops(shape, mode))
+        nbytes = int(op.bytes(shape, dtype, mode))
+        return {
+            "schema_version": SCHEMA_VERSION, "op": op.name, "impl": impl.name,
+            "kind": impl.kind, "mode": mode, "dtype": dtype_name(dtype), "shape": dict(shape),
+            "backend": self.be.name, "device": self.device_name, "seed": self.options.seed,
+            "flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else None,
+            "unfused_bytes": (int(op.unfused_bytes(shape, dtype, mode))
+                              if op.unfused_bytes else None),
+            "ms": None, "ms_ci": None, "iqr_ms": None, "rel_ci": None, "samples_ms": [],
+            "n_samples": 0, "stop_reason": None, "calls_per_round": None, "host_ms": None,
+            "launch_bound": None,
+            "tflops": None, "gbps": None,
+            "correct": None, "max_rel_err": None, "rel_fro_err": None,
+            "speedup": None, "roofline_tflops": None, "pct_roofline": None,
+            "roofline_tflops_measured": None, "pct_roofline_measured": None,
+            "config": None, "autotune_timings": None,
+            # fp32 GEMMs (the Triton kernels' default and torch.matmul) follow this flag.
+            "tf32": (bool(torch.backends.cuda.matmul.allow_tf32)
+                     if dtype == torch.float32 else None),
+            "timer": self.timer.name, "cache": self.timer.cache, "graph": False,
+            "graph_error": None, "warmup_calls": None, "settled": None,
+            "clocks_start": None, "clocks_end": None, "throttled": None,
+            "error": None, "time": None,
+        }
+
+    def _check(self, point: Point, impl: Impl, row: dict) -> bool:
+        log = _tuning_log()
+        start = len(log)
+        try:
+            res = check.check_case(point.op, impl, point.mode, point.dtype, point.shape,
+                                   self.options.seed)
+        except Exception as exc:  # compile errors and the like that check_case passes on
+            row.update(correct=False, error=describe_error(exc))
+            _free_memory(row["error"])
+            return False
+        row.update(correct=res.correct, max_rel_err=res.max_rel_err,
+                   rel_fro_err=res.rel_fro_err)
+        if not res.correct:
+            error = res.error or "incorrect"
+            # Errors were measured: the outputs disagree with the reference (else the run
+            # itself failed and check_case's message says how).
+            if res.max_rel_err is not None:
+                error = f"mismatch: {error}"
+            elif "out of memory" in error.lower():
+                error = f"OOM: {error}"
+            row["error"] = error
+            _free_memory(row["error"])
+        tuned = self.tuned.setdefault(
+            (point.op.name, impl.name, dtype_name(point.dtype), shape_str(point.shape)), {})
+        for entry in log[start:]:
+            tuned[entry["kernel"]] = {"config": entry["config"], "timings": entry["timings"]}
+        return bool(res.correct)
+
+    def _time(self, runs: dict[str, Callable[[], object]], rows: dict[str, dict]
+              ) -> dict[str, Measurement]:
+        try:
+            return self.timer.measure(runs, self.rule, _activity)
+        except Exception:
+            # Find out which implementation failed by timing each on its own.
+            out = {}
+            for name, run in runs.items():
+                try:
+                    out.update(self.timer.measure({name: run}, self.rule, _activity))
+                except Exception as exc:  # OOM, launch failure: recorded on its row
+                    rows[name]["error"] = describe_error(exc)
+                    _free_memory(rows[name]["error"])
+            return out
+
+    def measure(self, point: Point) -> tuple[dict[str, dict], dict[str, Callable]]:
+        """All rows of one point (by impl name) and the callables that were timed."""
+        rows = {impl.name: self.base_row(point, impl) for impl in point.impls}
+        clocks_start = self.timer.clocks()
+        correct = [impl for impl in point.impls if self._check(point, impl, rows[impl.name])]
+        runs: dict[str, Callable] = {}
+        if correct:
+            try:
+                inputs = point.op.make_inputs(point.shape, point.dtype, self.be.device,
+                                              self.options.seed)
+            except Exception as exc:  # OOM allocating the inputs
+                for impl in correct:
+                    rows[impl.name]["error"] = describe_error(exc)
+                _free_memory(describe_error(exc))
+                correct = []
+            for impl in correct:
+                try:
+                    runs[impl.name] = impl.build(inputs, point.mode)
+                except Exception as exc:
+                    rows[impl.name]["error"] = describe_error(exc)
+            timings = self._time(runs, rows) if runs else {}
+            for impl in correct:
+                if impl.name in timings:
+                    self._fill_timing(rows[impl.name], timings[impl.name], impl, point)
+        clocks_end = self.timer.clocks()
+        self._fill_speedups(point, rows)
+        stamp = now_iso()
+        slow = [c["slowdown"] for c in (clocks_start, clocks_end)
+                if c and c.get("slowdown") is not None]
+        for row in rows.values():
+            row.update(clocks_start=clocks_start, clocks_end=clocks_end,
+                       throttled=any(slow) if slow else None, time=stamp)
+            if self.peaks is not None:
+                try:
+                    roofline.annotate_row(row, self.peaks)
+                except Exception as exc:  # a roofline bug must not lose the measurement
+                    row.setdefault("hook_errors", {})["roofline"] = describe_error(exc)
+        return rows, runs
+
+    def _fill_timing(self, row: dict, m: Measurement, impl: Impl, point: Point) -> None:
+        s = m.summary
+        seconds = s.median * 1e-3
+        row.update(
+            ms=s.median, ms_ci=list(s.ci) if s.ci else None, iqr_ms=s.iqr,
+            rel_ci=s.rel_ci, samples_ms=m.samples_ms, n_samples=s.n,
+            stop_reason=m.stop_reason, calls_per_round=m.reps, host_ms=m.host_median_ms,
+            launch_bound=m.launch_bound,
+            tflops=row["flops"] / seconds / 1e12 if seconds > 0 else None,
+            gbps=row["bytes"] / seconds / 1e9 if seconds > 0 else None,
+            timer=m.timer, cache=m.cache, graph=m.graph, graph_error=m.graph_error,
+            warmup_calls=m.warmup_calls, settled=m.settled,
+        )
+        if impl.config is not None:
+            try:
+                row["config"] = impl.config()
+            except Exception as exc:  # a config reader bug must not lose the timing
+                row.setdefault("hook_errors", {})["config"] = describe_error(exc)
+        tuned = self.tuned.get((point.op.name, impl.name, dtype_name(point.dtype),
+                                shape_str(point.shape)))
+        row["autotune_timings"] = tuned or None
+
+    @staticmethod
+    def _fill_speedups(point: Point, rows: dict[str, dict]) -> None:
+        base_ms = {i.name: rows[i.name]["ms"] for i in point.impls
+                   if i.kind == "baseline" and rows[i.name]["ms"]}
+        for impl in point.impls:
+            row = rows[impl.name]
+            if impl.kind == "triton" and row["ms"] and base_ms:
+                row["speedup"] = {name: ms / row["ms"] for name, ms in base_ms.items()}
+
+    def finish_row(self, point: Point, impl: Impl, row: dict, run) -> dict:
+        for hook in self.hooks:
+            try:
+                extra = hook(point.op, impl, row, run)
+            except Exception as exc:  # a hook's failure is recorded, the sweep goes on
+                name = getattr(hook, "__name__", type(hook).__name__)
+                row.setdefault("hook_errors", {})[name] = describe_error(exc)
+                continue
+            if extra:
+                row.update(extra)
+        return row
+
+
+# ------------------------------------------------------------------------------- running
+
+ProgressFn = Callable[[int, int, str, str], None]
+
+
+def open_run(out: Path, *, resume: bool, be, argv: Sequence[str], selection: Mapping,
+             options: SweepOptions, timer: Timer) -> RunDir:
+    """Create the run directory, or reopen it for ``resume`` after checking that it was
+    measured the same way (backend, device, cache, graph)."""
+    from tritonlab.harness import devices
+
+    if not resume:
+        device = {**devices.describe(be), "clocks_at_start": timer.clocks()}
+        manifest = build_manifest(kind="sweep", backend=be, device=device,
+                                  argv=argv, options={**selection, **options.to_dict()},
+                                  timer=timer.describe())
+        return RunDir.create(out, manifest)
+    run = RunDir.open(out)
+    manifest = run.manifest()
+    old_opts = manifest.get("options", {})
+    device_name = (manifest.get("device") or {}).get("name")
+    here = devices.describe(be)["name"]
+    mismatch = []
+    if manifest.get("backend") != be.name:
+        mismatch.append(f"backend {manifest.get('backend')!r} vs {be.name!r}")
+    if device_name != here:
+        mismatch.append(f"device {device_name!r} vs {here!r}")
+    if (manifest.get("timer") or {}).get("cache") != timer.cache:
+        mismatch.append(f"cache {(manifest.get('timer') or {}).get('cache')!r} vs "
+                        f"{timer.cache!r}")
+    if bool(old_opts.get("graph")) != bool(options.graph):
+        mismatch.append(f"graph {bool(old_opts.get('graph'))} vs {bool(options.graph)}")
+    if mismatch:
+        raise UsageError(f"cannot resume {out}: it was measured differently "
+                         f"({'; '.join(mismatch)})")
+    run.repair()
+    resumed = list(manifest.get("resumed") or [])
+    resumed.append({"time": now_iso(), "command": list(argv)})
+    run.update_manifest(resumed=resumed, status="running", end_time=None)
+    return run
+
+
+def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: SweepOptions,
+              *, hooks: Sequence[PointHook] | None = None,
+              progress: ProgressFn | None = None, notes: Sequence[str] = ()) -> SweepResult:
+    """Measure every point not yet in ``run`` and append its rows. Ctrl-C stops after
+    keeping every finished point (``interrupted`` is then True)."""
+    be = backend_mod.current()
+    manifest = run.manifest()
+    sweeper = _Sweeper(be, timer, options, manifest["device"]["name"],
+                       POINT_HOOKS if hooks is None else hooks)
+    if sweeper.peaks is not None:
+        run.update_manifest(peaks=sweeper.peaks.to_dict())
+    done = {point_key(r) for r in run.rows()}
+    new_rows = before = 0
+    interrupted = False
+    try:
+        for i, point in enumerate(points):
+            missing = [impl for impl in point.impls if point.key(impl) not in done]
+            if not missing:
+                before += 1
+                if progress:
+                    progress(i + 1, len(points), point.label, "already measured")
+                continue
+            if progress:
+                progress(i, len(points), point.label, "measuring")
+            rows, runs = sweeper.measure(point)
+            out = [sweeper.finish_row(point, impl, rows[impl.name], runs.get(impl.name))
+                   for impl in missing]
+            run.append(out)
+            done.update(point.key(impl) for impl in missing)
+            new_rows += len(out)
+            del runs
+            if progress:
+                bad = [r for r in out if r.get("error")]
+                progress(i + 1, len(points), point.label,
+                         f"{len(bad)} failed" if bad else "ok")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        manifest = run.update_manifest(status="interrupted" if interrupted else "complete",
+                                       end_time=now_iso())
+    return SweepResult(run_dir=run.path, manifest=manifest, rows=run.rows(),
+                       new_rows=new_rows, points_total=len(points), points_done_before=before,
+                       interrupted=interrupted, notes=list(notes))
+
+
+def sweep(points: Sequence[Point], out: Path, *, resume: bool, options: SweepOptions,
+          argv: Sequence[str], selection: Mapping, hooks: Sequence[PointHook] | None = None,
+          progress: ProgressFn | None = None, notes: Sequence[str] = ()) -> SweepResult:
+    """Open (or resume) the run directory ``out`` and measure ``points`` into it."""
+    be = backend_mod.current()
+    if options.graph and not be.is_gpu:
+        raise UsageError("--graph needs the cuda backend (CUDA graphs)")
+    timer = make_timer(be.name, cache=options.cache, graph=options.graph)
+    # Record what was used, not what was left to the defaults.
+    options = SweepOptions(cache=timer.cache, graph=options.graph,
+                           budget_s=default_rule(be.name, options.budget_s).budget_s,
+                           seed=options.seed)
+    run = open_run(Path(out), resume=resume, be=be, argv=argv, selection=selection,
+                   options=options, timer=timer)
+    return run_sweep(points, run, timer, options, hooks=hooks, progress=progress, notes=notes)
+
+
+# ------------------------------------------------------------------------------- printing
+
+def summary_table(rows: Sequence[Mapping]) -> str:
+    """One line per row: time with its CI, throughput, speedups and status."""
+    lines = []
+    for r in rows:
+        ci = r.get("ms_ci")
+        pm = (f"+-{100 * max(r['ms'] - ci[0], ci[1] - r['ms']) / r['ms']:.1f}%"
+              if r.get("ms") and ci else "")
+        speed = ", ".join(f"{k} {v:.2f}x" for k, v in (r.get("speedup") or {}).items())
+        status = ("ok" if r.get("correct") and not r.get("error") else
+                  (r.get("error") or "FAIL"))
+        if r.get("launch_bound"):
+            status += " (launch-bound)"
+        lines.append([r["op"], r["impl"], r["mode"], r["dtype"], shape_str(r["shape"]),
+                      fmt_num(r.get("ms"), ".4g"), pm, fmt_num(r.get("tflops"), ".3g"),
+                      fmt_num(r.get("gbps"), ".3g"), speed, status[:60]])
+    return table(lines, ["op", "impl", "mode", "dtype", "shape", "ms", "ci", "TFLOP/s",
+                         "GB/s", "speedup", "status"])

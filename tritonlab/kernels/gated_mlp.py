@@ -1,0 +1,369 @@
+"""gated_mlp: the fused gated up-projection of a Llama-style MLP,
+
+    y = act(x W_gate^T) * (x W_up^T)          (SwiGLU with act = SiLU, GeGLU with GELU-tanh)
+
+in one kernel: each program computes the same output tile of both products, with two fp32
+accumulators over one K loop that loads each x tile once, and writes only the gated result.
+The unfused chain writes gate and up (two M x N tensors), reads them back for the activation
+and the product, and writes two more: 7 M N elements of traffic against 1 here.
+
+With ``norm_weight`` the RMSNorm in front of the MLP is folded in too (the best inference
+block: x is read once, normalised x never exists in memory): the per-row sum of squares is
+accumulated in the same K loop, each x tile is multiplied by its norm-weight tile as it is
+loaded, and the 1/rms row scale multiplies both accumulators in the epilogue, since
+(r x g) W^T = r ((x g) W^T). Op ``rmsnorm_gated_mlp`` measures that variant.
+
+Decode-sized M (<= 16 rows) goes to the split-K kernel of :mod:`._splitk` with both weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from tritonlab.harness.spec import Impl, OpSpec, Tolerance, reduction_tolerance
+from tritonlab.kernels._activations import torch_activation
+from tritonlab.kernels._gemm import (
+    TunedKernel,
+    _cfg,
+    compile_baseline,
+    grouped_tile,
+    needs_int64,
+    precision_for,
+)
+from tritonlab.kernels._splitk import (
+    DECODE_MAX_M,
+    LastConfig,
+    as_rows,
+    check_eps,
+    check_norm,
+    check_weight,
+    fold_norm,
+    fused_epilogue,
+    launch_splitk,
+    prepare_out,
+)
+from tritonlab.kernels.rmsnorm_linear import rms_norm_chain_bytes
+
+__all__ = ["gated_mlp", "GATED_ACTIVATIONS", "SPECS"]
+
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+@triton.jit
+def _gated_mlp_kernel(
+    x_ptr, wg_ptr, wu_ptr, nw_ptr, out_ptr,
+    M, N, K, eps,
+    stride_xm, stride_xk,
+    stride_gn, stride_gk,
+    stride_un, stride_uk,
+    stride_nw,
+    stride_om, stride_on,
+    ACTIVATION: tl.constexpr, RMS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """Y = act(X Wg^T) * (X Wu^T), one BLOCK_M x BLOCK_N tile of Y per program.
+
+    x_ptr: X (M, K), strides (stride_xm, stride_xk). wg_ptr, wu_ptr: W_gate, W_up (N, K) in
+    nn.Linear layout, strides (stride_gn, stride_gk) and (stride_un, stride_uk), read in place
+    as (K, N) tiles. nw_ptr: RMSNorm weight (K,), stride stride_nw (RMS only): X is then
+    replaced by RMSNorm(X) * nw with eps ``eps``. out_ptr: Y (M, N), written once.
+    ACTIVATION: "silu" or "gelu_tanh". EVEN_K: K % BLOCK_K == 0 (no K masks).
+    Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), tiles ordered by ``grouped_tile``.
+    Both products and the sum of squares accumulate in fp32 over one K loop that loads each X
+    tile once; out-of-range rows/columns wrap (% M, % N) and are never stored.
+    """
+    pid = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_m % M
+    cols = offs_n % N
+    if USE_INT64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    g_ptrs = wg_ptr + offs_k[:, None] * stride_gk + cols[None, :] * stride_gn
+    u_ptrs = wu_ptr + offs_k[:, None] * stride_uk + cols[None, :] * stride_un
+    if RMS:
+        nw_ptrs = nw_ptr + offs_k * stride_nw
+
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            wg = tl.load(g_ptrs)
+            wu = tl.load(u_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            x = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            wg = tl.load(g_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            wu = tl.load(u_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if RMS:
+            if EVEN_K:
+                nw = tl.load(nw_ptrs)
+            else:
+                nw = tl.load(nw_ptrs, mask=offs_k < k_left, other=0.0)
+            x, ss = fold_norm(x, nw, ss)
+            nw_ptrs += BLOCK_K * stride_nw
+        acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
+        acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        g_ptrs += BLOCK_K * stride_gk
+        u_ptrs += BLOCK_K * stride_uk
+
+    y = fused_epilogue(acc_g, acc_u, ss, None, offs_n, N, K, eps, 0,
+                       ACTIVATION, True, RMS, False)
+    out_rows = offs_m
+    out_cols = offs_n
+    if USE_INT64:
+        out_rows = out_rows.to(tl.int64)
+        out_cols = out_cols.to(tl.int64)
+    out_ptrs = out_ptr + out_rows[:, None] * stride_om + out_cols[None, :] * stride_on
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gated_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates for the two-accumulator kernel. Two fp32 accumulators double the
+    registers of a plain GEMM tile, so the largest tile is 128 x 128 with 8 warps (two
+    warpgroups for wgmma on Hopper) and each stage holds an x tile and two weight tiles (48 KB
+    at 128 x 128 x 64 in 16-bit: 4 stages fit Hopper's 228 KB). Ampere's mma.sync keeps
+    operand fragments in registers too, so its tiles stop at 64 x 128. fp32 operands halve
+    BLOCK_K to keep the same shared memory. Every entry compiles without spills for sm_90a /
+    sm_80 in fp16, bf16 and fp32, with and without the norm. The first is the default when
+    autotuning is off."""
+    major = capability[0]
+    if major >= 9:
+        configs = [_cfg(128, 128, 64, 4, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 64, 64, 4, 8),
+                   _cfg(64, 128, 64, 4, 8), _cfg(64, 64, 64, 5, 4)]
+    elif major == 8:
+        configs = [_cfg(64, 128, 32, 4, 8), _cfg(64, 64, 64, 4, 4), _cfg(64, 64, 32, 5, 4)]
+    else:
+        configs = [_cfg(64, 64, 32, 2, 4)]
+    if dtype == torch.float32:
+        configs = [triton.Config({**c.kwargs, "BLOCK_K": max(16, c.kwargs["BLOCK_K"] // 2)},
+                                 num_stages=c.num_stages, num_warps=c.num_warps)
+                   for c in configs]
+    return configs
+
+
+_GATED = TunedKernel(
+    _gated_mlp_kernel,
+    key=["M", "N", "K", "stride_xm", "stride_xk", "stride_gn", "stride_gk", "stride_un",
+         "stride_uk", "INPUT_PRECISION", "RMS"],
+    configs=gated_configs,
+    heuristics={"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0},
+)
+_LAST = LastConfig()
+
+
+def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+              activation: str = "silu", *, norm_weight: torch.Tensor | None = None,
+              eps: float = 1e-5, out: torch.Tensor | None = None,
+              input_precision: str | None = None) -> torch.Tensor:
+    """act(x W_gate^T) * (x W_up^T) in one kernel; with ``norm_weight``, x is first replaced
+    by RMSNorm(x) * norm_weight (eps ``eps``), folded into the same kernel.
+
+    x: (..., K); w_gate, w_up: (N, K) (nn.Linear layout; views of one fused (2N, K) weight
+    work); norm_weight: (K,) or None; activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU);
+    out: (..., N) or None. Every tensor has x's dtype (float16, bfloat16 or float32) and
+    device; any strides. Returns (..., N) in x's dtype. Accumulation is fp32. M <= 16 rows
+    run the split-K decode kernel. ``input_precision``: as in ``matmul`` (float32 only).
+    Inference only: nothing is saved for a backward.
+    """
+    if activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r} for gated_mlp; expected one of: "
+                         + ", ".join(repr(a) for a in GATED_ACTIVATIONS))
+    x2, lead = as_rows(x)
+    check_weight("w_gate", w_gate, x2)
+    N = w_gate.shape[0]
+    check_weight("w_up", w_up, x2, N)
+    eps = check_norm(norm_weight, eps, x2) if norm_weight is not None else check_eps(eps)
+    precision = precision_for(x2.dtype, input_precision)
+    out, out2 = prepare_out(out, x2, lead, N)
+    M, K = x2.shape
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        out2.zero_()
+        return out
+    if M <= DECODE_MAX_M:
+        _LAST.value = launch_splitk(x2, w_gate.t(), out2, b2=w_up.t(), norm_weight=norm_weight,
+                                    eps=eps, activation=activation, precision=precision)
+        return out
+    rms = norm_weight is not None
+    _GATED.launch(
+        lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),),
+        x2.dtype,
+        x2, w_gate, w_up, norm_weight, out2, M, N, K, eps,
+        x2.stride(0), x2.stride(1), w_gate.stride(0), w_gate.stride(1),
+        w_up.stride(0), w_up.stride(1), norm_weight.stride(0) if rms else 0,
+        out2.stride(0), out2.stride(1),
+        ACTIVATION=activation, RMS=rms, INPUT_PRECISION=precision,
+        USE_INT64=needs_int64(x2, w_gate, w_up, out2),
+    )
+    _LAST.tiled(_GATED)
+    return out
+
+
+# ----------------------------------------------------------------------------- the ops' SPECs
+
+# Llama-3-8B feed-forward: dim 4096 -> hidden 14336. N is the hidden size, K the model dim.
+LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
+DECODE_TOKENS = (1, 2, 4, 8, 16)
+PREFILL_TOKENS = (128, 512, 2048, 8192)
+EPS = 1e-5
+
+
+def _shape(m, n, k):
+    return {"M": m, "N": n, "K": k}
+
+
+PRESETS = {
+    # tiny: interpreter-sized and odd; M = 1 and 13 take the decode path, 37 and 70 the tiled.
+    "tiny": [_shape(1, 96, 80), _shape(13, 130, 72), _shape(37, 83, 131), _shape(70, 64, 64)],
+    "quick": [_shape(1, 14336, 4096), _shape(16, 14336, 4096), _shape(512, 4096, 1024),
+              _shape(2048, 14336, 4096)],
+    "llm": [_shape(m, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM) for m in DECODE_TOKENS + PREFILL_TOKENS],
+}
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def make_inputs(shape, dtype, device, seed):
+    """x (M, K) ~ N(0, 1) like a normalised residual stream; weights (N, K) ~ N(0, 1/K) as
+    model.init_params draws them; the norm weight near 1."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    m, n, k = shape["M"], shape["N"], shape["K"]
+
+    def t(*size, scale=1.0, shift=0.0):
+        return (shift + torch.randn(*size, generator=g) * scale).to(device=device, dtype=dtype)
+
+    return {"x": t(m, k), "w_gate": t(n, k, scale=k**-0.5), "w_up": t(n, k, scale=k**-0.5),
+            "norm_weight": t(k, scale=0.1, shift=1.0)}
+
+
+def eager_gated(x, w_gate, w_up, activation="silu"):
+    """The unfused chain: two GEMMs, the activation and the product, each its own pass."""
+    return torch_activation(F.linear(x, w_gate), activation) * F.linear(x, w_up)
+
+
+def eager_rmsnorm_gated(x, norm_weight, w_gate, w_up, eps=EPS, activation="silu"):
+    from tritonlab.workloads.model import rms_norm
+
+    return eager_gated(rms_norm(x, norm_weight, eps), w_gate, w_up, activation)
+
+
+def flops(shape, mode):
+    """The two GEMMs (the norm and elementwise work are under 0.1% at model sizes)."""
+    return 2 * 2 * shape["M"] * shape["N"] * shape["K"]
+
+
+def _bytes(shape, dtype, mode, rms):
+    """Fused: x, both weights (and the norm weight) read once, y written once."""
+    m, n, k = shape["M"], shape["N"], shape["K"]
+    return _size(dtype) * (m * k + 2 * n * k + m * n + (k if rms else 0))
+
+
+def _unfused_bytes(shape, dtype, mode, rms):
+    """Eager chain: gate and up GEMMs each read x and a weight and write M x N; the activation
+    reads gate and writes act(gate); the product reads both and writes y (7 M N); with the
+    norm, its own chain runs first and both GEMMs read normalised x."""
+    m, n, k = shape["M"], shape["N"], shape["K"]
+    s = _size(dtype)
+    gated = s * (2 * m * k + 2 * n * k + 7 * m * n)
+    return gated + (rms_norm_chain_bytes(m, k, dtype) if rms else 0)
+
+
+def tolerance(dtype, shape, mode):
+    """Two products multiplied: their relative errors add, so twice a K-long dot's bound
+    (which also covers the rounding of x * norm_weight to the operand dtype)."""
+    tol = reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32")
+    return Tolerance(rel_fro=2 * tol.rel_fro, max_rel=2 * tol.max_rel)
+
+
+def _reference(rms):
+    def reference(inputs, mode):
+        d = {k: v.double() for k, v in inputs.items()}
+        x = d["x"]
+        if rms:
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * d["norm_weight"]
+        return (F.silu(x @ d["w_gate"].t()) * (x @ d["w_up"].t()),)
+    return reference
+
+
+def _make_spec(rms: bool) -> OpSpec:
+    def args(inputs):
+        return (inputs["x"], inputs["w_gate"], inputs["w_up"])
+
+    def build_triton(inputs, mode):
+        x, wg, wu = args(inputs)
+        out = torch.empty((x.shape[0], wg.shape[0]), dtype=x.dtype, device=x.device)
+        nw = inputs["norm_weight"] if rms else None
+
+        def run():
+            with torch.inference_mode():
+                return (gated_mlp(x, wg, wu, "silu", norm_weight=nw, eps=EPS, out=out),)
+        return run
+
+    def build_chain(chain):
+        def build(inputs, mode):
+            x, wg, wu = args(inputs)
+            nw = inputs["norm_weight"]
+
+            def run():
+                with torch.inference_mode():
+                    if rms:
+                        return (chain(x, nw, wg, wu),)
+                    return (chain(x, wg, wu),)
+            return run
+        return build
+
+    eager = eager_rmsnorm_gated if rms else eager_gated
+    compiled: list = []
+
+    def build_compiled(inputs, mode):
+        if not compiled:
+            compiled.append(compile_baseline(eager))
+        return build_chain(compiled[0])(inputs, mode)
+
+    what = "RMSNorm + gated up-projection" if rms else "gated up-projection"
+    norm_note = " (model.rms_norm first)" if rms else ""
+    return OpSpec(
+        name="rmsnorm_gated_mlp" if rms else "gated_mlp",
+        description=(f"{what}: silu(x Wg^T) * (x Wu^T)" + (" on RMSNorm(x)" if rms else "")
+                     + ", one kernel (inference)"),
+        dims=("M", "N", "K"),
+        presets=PRESETS,
+        impls=(
+            Impl("triton", "triton", build_triton,
+                 f"one Triton kernel, two accumulators{', norm folded in' if rms else ''}; "
+                 "split-K for M <= 16",
+                 config=_LAST),
+            Impl("torch", "baseline", build_chain(eager),
+                 f"eager chain{norm_note}: F.linear x2, F.silu, mul"),
+            Impl("torch_compile", "baseline", build_compiled,
+                 "torch.compile of the eager chain (dynamic=False)", backends=("cuda",)),
+        ),
+        modes=("infer",),
+        make_inputs=make_inputs,
+        reference=_reference(rms),
+        flops=flops,
+        bytes=lambda shape, dtype, mode: _bytes(shape, dtype, mode, rms),
+        unfused_bytes=lambda shape, dtype, mode: _unfused_bytes(shape, dtype, mode, rms),
+        tolerance=tolerance,
+    )
+
+
+SPECS = [_make_spec(rms=False), _make_spec(rms=True)]
