@@ -15,6 +15,10 @@ from tritonlab.harness import backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Select the backend before any test module imports something that imports triton (e.g.
+# torch.utils.flop_counter): Triton's helpers must be set up for the interpreter from the start.
+backend.current()
+
 
 @pytest.fixture(scope="session")
 def be():

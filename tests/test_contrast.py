@@ -1,11 +1,10 @@
 """`tritonlab contrast`: option checking, the per-phase rows and the verdict (on counters
 from the stand-in pynvml, so the GPU path is exercised without a GPU), and the run end to
-end on the CPU backend with every output file validated."""
+end on the CPU backend, with the lab's workloads, with every output file validated."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import time
@@ -19,11 +18,7 @@ from conftest import run_cli
 from tritonlab.cli import cli
 from tritonlab.harness import contrast, counters
 from tritonlab.harness.errors import UsageError
-from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
-
-HAVE_WORKLOADS = all(importlib.util.find_spec(f"tritonlab.workloads.{m}") is not None
-                     for m in ("train", "infer"))
-
+from tritonlab.workloads.model import MLPConfig
 
 # ------------------------------------------------------------------------------ options
 
@@ -140,7 +135,7 @@ def test_rows_and_verdict_from_nvml_counters():
     assert "620 W" in text and "260 W" in text and "train/triton/b4096" in text
     assert "busier resource is DRAM bandwidth" in text  # inference at batch 1
     assert "busier resource is tensor pipes" in text
-    assert "Idle baseline: 90" in text
+    assert "Idle baseline: 90" in text and "Caution" not in text
     # The same rows as JSON: strict, with no NaN.
     json.loads(json.dumps([idle, train, infer, v]), parse_constant=_no_nan)
 
@@ -158,7 +153,9 @@ def test_verdict_ties_and_falls_back_to_resource_count():
                  peak_mem_mib=900.0),
             _row("infer/torch/b8", "infer", "torch", 8, avg_power_w=290.0, proc_cpu_pct=60.0,
                  peak_mem_mib=300.0)]
-    v = contrast.verdict(rows, counters="cpu", device="cpu", idle=None)
+    busy = {"name": "idle", "mode": "idle", "sys_cpu_pct": 97.0}
+    v = contrast.verdict(rows, counters="cpu", device="cpu", idle=busy)
+    assert any(line.startswith("Caution: the host was busy") for line in v["explanation"])
     # 300 vs 290 W is within 5%: power ties, so the resources won decide.
     assert v["resources"][0]["winner"] == "tie"
     assert v["harder"] == "train" and "power tied" in v["decided_by"]
@@ -183,42 +180,20 @@ def test_impl_comparison_ratios():
 
 # ---------------------------------------------------------------- end to end on the CPU
 
-class _StandIn:
-    """The agreed workload interface, in plain torch (and the lab's matmul for the triton
-    impl's inference), to exercise run_contrast independently of the real workloads."""
-
-    def __init__(self, mode, cfg, *, impl, dtype, device, seed=0):
-        self.mode, self.cfg, self.impl = mode, cfg, impl
-        self.params = init_params(cfg, dtype, device, seed)
-        if mode == "train":
-            for p in self.params.values():
-                p.requires_grad_(True)
-            self.opt = torch.optim.SGD(list(self.params.values()), lr=1e-3)
-
-    def make_batch(self, tokens, seed):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(tokens, self.cfg.dim, generator=g)
-        return (x, torch.randn(tokens, self.cfg.dim, generator=g)) if self.mode == "train" else x
-
-    def step(self, x, target=None):
-        if self.mode == "train":
-            self.opt.zero_grad()
-            out = reference_forward(self.cfg, self.params, x)
-            loss = torch.nn.functional.mse_loss(out, target)
-            loss.backward()
-            self.opt.step()
-            return loss
-        with torch.no_grad():
-            return reference_forward(self.cfg, self.params, x)
-
-    def flops(self, tokens):
-        return self.cfg.forward_flops(tokens) * (3 if self.mode == "train" else 1)
-
-
-def _stand_ins_with_a_failure(mode, cfg, *, impl, **kw):
-    if (mode, impl) == ("infer", "triton"):
+def _triton_fails(mode, cfg, *, impl, **kw):
+    """The lab's workloads, except that building the triton impl fails like an OOM."""
+    if impl == "triton":
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
-    return _StandIn(mode, cfg, impl=impl, **kw)
+    return contrast.lab_workloads(mode, cfg, impl=impl, **kw)
+
+
+def _lab_flops(mode, batch):
+    from tritonlab.workloads.infer import InferenceWorkload
+    from tritonlab.workloads.train import TrainingWorkload
+
+    kind = TrainingWorkload if mode == "train" else InferenceWorkload
+    return kind(MLPConfig.from_size("tiny"), impl="torch", dtype=torch.float32,
+                device="cpu").flops(batch)
 
 
 def check_run_dir(path, doc, *, flops_of):
@@ -296,47 +271,50 @@ def check_run_dir(path, doc, *, flops_of):
     assert idle_slice["dur"] / 1e6 == pytest.approx(phases[0]["seconds"], rel=1e-6)
 
 
-def test_run_contrast_with_stand_ins_records_a_failed_phase_and_goes_on(tmp_path):
+def test_a_failed_phase_is_recorded_and_the_run_goes_on(tmp_path):
     out = tmp_path / "run"
     lines = []
     doc = contrast.run_contrast(out, batches=(4,), duration_s=1.0, idle_s=1.0, warmup_s=0,
-                                cooldown_s=0, progress=lines.append,
-                                workloads=_stand_ins_with_a_failure)
-    cfg = MLPConfig.from_size("tiny")
-    check_run_dir(out, doc, flops_of=lambda mode, b: _StandIn(mode, cfg, impl="torch",
-                                                              dtype=torch.float32,
-                                                              device="cpu").flops(b))
+                                cooldown_s=0, progress=lines.append, workloads=_triton_fails)
+    check_run_dir(out, doc, flops_of=_lab_flops)
     failed = [p for p in doc["phases"] if p.get("error")]
-    assert [p["name"] for p in failed] == ["infer/triton/b4"]
+    assert [p["name"] for p in failed] == ["train/triton/b4", "infer/triton/b4"]
     assert failed[0]["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    assert any("failed: RuntimeError" in line for line in lines)
-    assert len(doc["phases"]) == 1 + 4
+    assert sum("failed: RuntimeError" in line for line in lines) == 2
+    assert [p["name"] for p in doc["phases"]] == [
+        "idle", "train/triton/b4", "train/torch/b4", "infer/triton/b4", "infer/torch/b4"]
+    assert doc["impl_comparison"] == []  # nothing to compare the baseline with
+    assert doc["verdict"]["harder"] in ("train", "infer", "tie")
     text = contrast.summary_text(doc)
     assert "infer/triton/b4" in text and "failed" in text and "verdict:" in text
     assert "CPU counters only" in text
 
 
-@pytest.mark.skipif(not HAVE_WORKLOADS, reason="tritonlab.workloads.train / .infer not "
-                    "written yet (issues 4 and 5)")
 def test_cli_contrast_end_to_end_with_the_lab_workloads(tmp_path):
-    from tritonlab.workloads.infer import InferenceWorkload
-    from tritonlab.workloads.train import TrainingWorkload
-
     out = tmp_path / "run"
     r = run_cli("contrast", "--duration", "1", "--batch", "1", "--batch", "64", "--idle", "1",
                 "--warmup", "0", "--cooldown", "0", "--out", str(out), "--json", timeout=240)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert "verdict:" in r.stderr and "[1/8]" in r.stderr
-    cfg = MLPConfig.from_size("tiny")
-    kinds = {"train": TrainingWorkload, "infer": InferenceWorkload}
-
-    def flops_of(mode, batch):
-        return kinds[mode](cfg, impl="torch", dtype=torch.float32, device="cpu").flops(batch)
-
-    check_run_dir(out, doc, flops_of=flops_of)
+    check_run_dir(out, doc, flops_of=_lab_flops)
     assert {(p["mode"], p["impl"], p["batch"]) for p in doc["phases"][1:]} == {
         (m, i, b) for m in ("train", "infer") for i in ("triton", "torch") for b in (1, 64)}
     assert not any(p.get("error") for p in doc["phases"])
     assert {(c["mode"], c["batch"]) for c in doc["impl_comparison"]} == {
         (m, b) for m in ("train", "infer") for b in (1, 64)}
+
+
+@pytest.mark.gpu
+def test_contrast_on_a_gpu_measures_power_and_energy(gpu, tmp_path):
+    doc = contrast.run_contrast(tmp_path / "run", batches=(1, 2048), duration_s=1.5,
+                                model_size="small", idle_s=1.0, warmup_s=0.5, cooldown_s=0.5)
+    assert doc["counters"] == "nvml" and doc["verdict"]["label"].startswith("GPU counters")
+    measured = [p for p in doc["phases"] if p["mode"] in ("train", "infer")]
+    assert len(measured) == 8 and not any(p.get("error") for p in measured)
+    for p in measured:
+        assert p["avg_power_w"] > 0 and p["energy_j"] > 0 and p["energy_per_sample_j"] > 0
+        assert p["peak_mem_mib"] > 0 and p["sm_clock_mhz"] > 0
+        assert p["energy_source"] == "counter"
+    assert doc["verdict"]["harder"] in ("train", "infer", "tie")
+    assert any("W" in line for line in doc["verdict"]["explanation"])

@@ -436,3 +436,41 @@ def test_timeline_png_and_trace_from_nvml_counters(nvml, tmp_path):
     assert train["cat"] == "train" and train["args"] == {"batch": 64}
     assert train["dur"] == pytest.approx(s.phases[1].seconds * 1e6)
     assert doc["otherData"]["device"] == "fake" and doc["displayTimeUnit"] == "ms"
+
+
+# ------------------------------------------------------------------- GPU lane (real NVML)
+
+@pytest.mark.gpu
+def test_real_nvml_sampler_sees_a_matmul_load(gpu):
+    import torch
+
+    props = torch.cuda.get_device_properties(gpu)
+    uuid = str(props.uuid)
+    s = counters.open_sampler("nvml", device_uuid=uuid if uuid.startswith("GPU-")
+                              else f"GPU-{uuid}")
+    a = torch.randn(8192, 8192, device=gpu, dtype=torch.bfloat16)
+    with s:
+        with s.phase("idle", kind="idle") as idle:
+            time.sleep(1.5)
+        with s.phase("matmul", kind="train") as busy:
+            end = time.perf_counter() + 2.0
+            while time.perf_counter() < end:
+                for _ in range(10):
+                    a @ a
+                torch.cuda.synchronize()
+        point = counters.point_summary(s, lambda: a @ a, min_seconds=1.0,
+                                       sync=torch.cuda.synchronize)
+    si, sb = s.summarize(idle), s.summarize(busy)
+    assert sb["power"]["mean_w"] > si["power"]["mean_w"]
+    assert sb["metrics"]["gpu_util_pct"]["mean"] > 50
+    assert sb["metrics"]["sm_clock_mhz"]["mean"] > 0
+    e = sb["energy"]
+    assert e["counter_j"] > 0 and e["integrated_j"] > 0
+    assert abs(e["disagreement_pct"]) < 25  # both measure the same 2 s of board energy
+    if "gpm_tensor_util_pct" not in s.unavailable:  # Hopper and newer
+        assert sb["metrics"]["gpm_tensor_util_pct"]["mean"] > si["metrics"][
+            "gpm_tensor_util_pct"]["mean"]
+    assert point["counters"] == "nvml" and point["energy_per_call_j"] > 0
+    assert point["sm_clock_mhz"] > 0
+    o = s.overhead()
+    assert o["thread_cpu_pct"] < 50 and o["achieved_interval_ms"]["median"] < 40

@@ -213,6 +213,10 @@ def test_k_slices_follow_the_sm_count(monkeypatch):
         else:
             assert tiles * slices >= sms or k_split == 256, (n, k, slices)
             assert slices <= math.ceil(2 * sms / tiles), (n, k, slices)
+    # M = 16: the workspace (8 S M N bytes) stays within 1/8 of the 16-bit weight (2 N K).
+    for n, k in [(1024, 4096), (4096, 4096), (256, 1024)]:
+        slices = math.ceil(k / sk.choose_k_split(16, n, k, cuda))
+        assert 8 * slices * 16 * n <= 2 * n * k / 8, (n, k, slices)
     assert sk.choose_k_split(1, 100, 4096, torch.device("cpu")) == 2048  # interpreter: split 2
     assert sk.choose_k_split(1, 100, 4096, cuda, split_k=4) == 1024
 
@@ -258,9 +262,9 @@ def test_bfloat16_is_gpu_only(be):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize("m", [1, 5, 16])
-@pytest.mark.parametrize("n, k", [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("n, k", [(4096, 4096), (1024, 4096), (14336, 4096)])
 def test_splitk_gpu_llama_shapes(n, k, m, dtype, gpu):
     x, b, bias = operands(m, n, k, dtype, "nk", seed=m + n, device=gpu)
     out = torch.full((m, n), math.nan, dtype=dtype, device=gpu)
@@ -270,10 +274,9 @@ def test_splitk_gpu_llama_shapes(n, k, m, dtype, gpu):
                               torch.backends.cuda.matmul.allow_tf32)
     ok, *_, why = check.compare((y,), (ref,), tol)
     assert ok, why
+    # The split follows this GPU's own SM count (the rule itself is tested on the CPU).
     sms = torch.cuda.get_device_properties(gpu).multi_processor_count
-    info = sk.LAST()
-    tiles = math.ceil(n / 64)
-    assert info["split_k"] == 1 if tiles >= sms else tiles * info["split_k"] >= sms
+    assert sk.LAST()["k_split"] == sk.gpu_k_split(m, n, k, sms)
     c = matmul(x, b)
     ok, *_, why = check.compare((c,), (x.double() @ b.double(),), tol)
     assert ok, why

@@ -159,6 +159,8 @@ def test_device_measure_cli_stores_ceilings_that_later_runs_use(be, tmp_path):
     if be.is_gpu:
         pytest.skip("measures the CPU lane's ceilings; the GPU lane has its own test")
     env = {"TRITONLAB_CACHE_DIR": str(tmp_path)}
+    user_cache = devices.cache_path()
+    before = user_cache.read_bytes() if user_cache.exists() else None
     r = run_cli("device", "--measure", "--json", env=env)
     assert r.returncode == 0, r.stderr
     measured = json.loads(r.stdout)["peaks"]["measured"]
@@ -168,7 +170,9 @@ def test_device_measure_cli_stores_ceilings_that_later_runs_use(be, tmp_path):
     assert measured["tflops"]["bfloat16"] > 0
     r = run_cli("device", env=env)
     assert r.returncode == 0 and "measured ceilings" in r.stdout
-    assert devices.cached_ceilings(devices.describe(be)) is None  # the user's cache untouched
+    assert (user_cache.read_bytes() if user_cache.exists() else None) == before  # untouched
+    assert devices.Ceilings.from_dict(json.loads((tmp_path / "ceilings.json").read_text())[
+        devices.device_key(devices.describe(be))]).tflops == measured["tflops"]
 
 
 @pytest.mark.gpu

@@ -168,7 +168,8 @@ def test_spec_passes_check_on_its_tiny_preset(spec):
 @pytest.mark.parametrize("call, exc, match", [
     (lambda x, g, u, n: gated_mlp(x, g, u, "relu"), ValueError, "'silu', 'gelu_tanh'"),
     (lambda x, g, u, n: gated_mlp(x, g, u, "gelu"), ValueError, "unknown activation"),
-    (lambda x, g, u, n: gated_mlp(x, g, u[:5]), ValueError, r"w_up has shape \(5, 8\); expected \(6, 8\)"),
+    (lambda x, g, u, n: gated_mlp(x, g, u[:5]), ValueError,
+     r"w_up has shape \(5, 8\); expected \(6, 8\)"),
     (lambda x, g, u, n: gated_mlp(x, g[:, :7], u), ValueError, "x has K=8"),
     (lambda x, g, u, n: gated_mlp(x, g.half(), u), TypeError, "must match"),
     (lambda x, g, u, n: gated_mlp(x, g, u, norm_weight=n[:7]), ValueError, r"expected \(8,\)"),
@@ -195,10 +196,10 @@ def test_bfloat16_is_gpu_only(be):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("rms", [False, True], ids=["plain", "rmsnorm"])
-@pytest.mark.parametrize("m", [1, 16, 300, 2048])
-def test_gated_mlp_gpu_llama_ffn(m, rms, dtype, gpu):
+@pytest.mark.parametrize("m", [1, 16, 2048])
+def test_gated_mlp_gpu_llama_ffn(m, rms, gpu):
+    dtype = torch.bfloat16
     n, k = 14336, 4096
     wg, wu, nw = weights(n, k, dtype, seed=m, device=gpu)
     x = rows(m, k, dtype, seed=m, device=gpu)

@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 import torch
+
 from tritonlab.harness import check
 from tritonlab.harness.spec import Tolerance, reduction_tolerance
 from tritonlab.workloads.infer import InferenceWorkload
@@ -116,7 +117,7 @@ def test_bad_input(make, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tokens", [1, 8, 256, 2048])
+@pytest.mark.parametrize("tokens", [1, 256])
 def test_block_gpu_bf16(tokens, gpu):
     cfg = MLPConfig.from_size("base")
     w = InferenceWorkload(cfg, impl="triton", dtype=torch.bfloat16, device=gpu)

@@ -134,6 +134,82 @@ def test_specialisation_follows_the_jit():
         target.specialise({**cfg, "BLOCK_Q": 1})
 
 
+_MODULE = """
+import triton
+import triton.language as tl
+
+SCALE = tl.constexpr({scale})
+
+
+@triton.jit
+def helper(x):
+    return x * {factor}
+
+
+@triton.jit
+def kernel(x_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, helper(tl.load(x_ptr + offs)) * SCALE, mask=offs < N)
+
+
+def launcher():
+    return {launcher}
+"""
+
+
+def test_cache_key_follows_the_code_the_kernel_calls(tmp_path, monkeypatch):
+    """The source digest in the cache key changes with a called helper or a constexpr global,
+    not with unrelated code of the same module (a launcher edit recompiles nothing)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def digest(**parts):
+        name = f"inspect_probe_{len(list(tmp_path.iterdir()))}"
+        (tmp_path / f"{name}.py").write_text(_MODULE.format(**parts))
+        return insp._source_digest(importlib.import_module(name).kernel)
+
+    base = digest(scale=1, factor=2, launcher=0)
+    assert digest(scale=1, factor=2, launcher=1) == base
+    assert digest(scale=1, factor=3, launcher=0) != base
+    assert digest(scale=2, factor=2, launcher=0) != base
+
+
+_DYING = """
+import os
+
+import triton
+import triton.language as tl
+
+if os.environ.get("TRITON_INTERPRET") != "1":  # only in compile workers
+    os._exit(3)
+
+
+@triton.jit
+def kernel(x_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs) * 2, mask=offs < N)
+"""
+
+
+def test_a_dying_compile_worker_is_reported_not_cached(tmp_path, monkeypatch):
+    import dataclasses
+    import importlib
+
+    (tmp_path / "inspect_dying_probe.py").write_text(_DYING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    kernel = importlib.import_module("inspect_dying_probe").kernel
+    configs = [{"BLOCK": 64, "num_warps": 4}, {"BLOCK": 128, "num_warps": 4}]
+    op = dataclasses.replace(
+        registry.discover()["matmul"], name="probe",
+        compile_targets=lambda d: [insp.CompileTarget("k", kernel, d, {"N": 4096}, configs)])
+    report = insp.run([op], [insp.parse_arch("sm_80")], [torch.float16])
+    assert [r["status"] for r in report.rows] == ["error", "error"]
+    assert all("compile worker exited with status 3" in r["error"] for r in report.rows)
+    assert not any((insp.cache_dir() / r["key"][:2] / r["key"]).exists() for r in report.rows)
+
+
 # --------------------------------------------------------------------------- tool parsers
 
 _SASS = """
@@ -200,24 +276,25 @@ def _cuobjdump(cubin: Path) -> dict[str, int]:
 
 
 def _dump_dir(dump: Path, row) -> Path:
-    d = dump / row["op"] / row["target"] / row["arch"] / row["dtype"]
-    (sub,) = [p for p in d.iterdir() if p.name.startswith(f"BLOCK_M{row['config']['BLOCK_M']}-"
-                                                           f"BLOCK_N{row['config']['BLOCK_N']}-")]
-    return sub
+    return (dump / row["op"] / row["target"] / row["arch"] / row["dtype"]
+            / insp.config_slug(row["config"]))
 
 
 def test_json_document_covers_both_archs(inspected):
+    """Each target of matmul (the tiled kernel, the split-K decode kernel and its reduction)
+    on each architecture, in its first configs, compiled, for the requested cubin."""
     doc, _ = inspected
     assert doc["passed"] is True and doc["archs"] == list(ARCHS) and doc["dtypes"] == ["float16"]
+    targets = registry.discover()["matmul"].compile_targets(torch.float16)
     for arch in ARCHS:
-        rows = _rows(doc, arch)
         listed = insp.parse_arch(arch)
-        configs = registry.discover()["matmul"].compile_targets(torch.float16)[0] \
-            .configs_for(listed)[:MAIN]
-        assert [r["config"] for r in rows] == configs
+        rows = _rows(doc, arch)
+        assert [(r["target"], r["config"]) for r in rows] == [
+            (t.name, c) for t in targets for c in t.configs_for(listed)[:MAIN]]
         for r in rows:
-            assert r["status"] == "ok" and r["error"] is None
-            assert r["kernel"] == "_matmul_fwd_kernel" and r["cubin_arch"] == arch
+            assert r["status"] == "ok" and r["error"] is None and r["cubin_arch"] == arch
+            assert r["kernel"] == targets[[t.name for t in targets].index(r["target"])] \
+                .kernel_name
             assert r["threads"] == 32 * r["config"]["num_warps"]
             assert r["occupancy"] == insp.occupancy(listed, r["registers"], r["threads"],
                                                     r["smem_bytes"])
@@ -226,12 +303,16 @@ def test_json_document_covers_both_archs(inspected):
 
 def test_tensor_core_instructions_per_arch(inspected):
     doc, _ = inspected
-    for r in _rows(doc, "sm_80"):
+    for r in doc["kernels"]:
         tc = r["instructions"]["tensor_core"]
-        assert any(k.startswith("HMMA") for k in tc) and not any("GMMA" in k for k in tc)
-        assert r["instructions"]["async_copy"].get("LDGSTS", 0) > 0  # cp.async pipeline
-    for r in _rows(doc, "sm_90a"):
-        assert any(k.startswith("HGMMA") for k in r["instructions"]["tensor_core"])
+        if r["target"] == "decode_reduce":
+            assert not tc  # a sum of fp32 partials: no matmul
+        elif r["arch"] == "sm_80" or r["target"] == "decode":
+            # mma.sync; on Hopper too for the decode kernel's 16-row tiles (wgmma needs 64)
+            assert any(k.startswith("HMMA") for k in tc) and not any("GMMA" in k for k in tc)
+            assert r["instructions"]["async_copy"].get("LDGSTS", 0) > 0  # cp.async pipeline
+        else:
+            assert any(k.startswith("HGMMA") for k in tc)
 
 
 def test_registers_and_shared_memory_equal_the_tools(inspected):
@@ -249,11 +330,12 @@ def test_registers_and_shared_memory_equal_the_tools(inspected):
         assert int(re.search(r"Used (\d+) registers", log).group(1)) == r["registers"]
         st, ld = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
         assert (r["spill_stores"], r["spill_loads"]) == (int(st), int(ld))
-        c = r["config"]
-        tiles = (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 2  # fp16 A and B tiles
-        assert tiles * (c["num_stages"] - 1) <= r["smem_dynamic"]
         assert r["smem_bytes"] == r["smem_static"] + r["smem_dynamic"]
         assert r["smem_bytes"] <= insp.parse_arch(r["arch"]).smem_per_block_optin
+        c = r["config"]
+        if "BLOCK_K" in c:  # the GEMM kernels: fp16 A and B tiles in flight
+            tiles = (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 2
+            assert tiles * (c["num_stages"] - 1) <= r["smem_dynamic"]
 
 
 def test_dump_writes_every_stage(inspected):
@@ -262,9 +344,10 @@ def test_dump_writes_every_stage(inspected):
         d = _dump_dir(dump, r)
         text = {ext: (d / f"kernel.{ext}").read_text() for ext in
                 ("ttir", "ttgir", "llir", "ptx", "sass")}
-        assert "tt.dot" in text["ttir"] and "tt.func" in text["ttir"]
+        assert "tt.func" in text["ttir"] and ("tt.dot" in text["ttir"]) == bool(
+            r["instructions"]["tensor_core"])
         assert "ttg." in text["ttgir"] and f'ttg.target = "cuda:{r["arch"][3:5]}"' in text["ttgir"]
-        assert "define" in text["llir"] and "_matmul_fwd_kernel" in text["llir"]
+        assert "define" in text["llir"] and r["kernel"] in text["llir"]
         assert f".target {r['arch']}" in text["ptx"]
         assert f"code for {r['arch']}" in text["sass"]
         assert (d / "kernel.cubin").read_bytes()[:4] == b"\x7fELF"
@@ -284,7 +367,7 @@ def test_table_output(inspected):
     r = run_cli("inspect", "matmul", "--arch", "sm_90a", "--first", "1")
     assert r.returncode == 0, r.stderr
     assert "regs" in r.stdout and "occ" in r.stdout and "HGMMA" in r.stdout
-    assert "0 compiled now, 1 from the cache" in r.stdout
+    assert "0 compiled now" in r.stdout
 
 
 def test_static_facts_for_the_sweep(inspected):
@@ -295,7 +378,13 @@ def test_static_facts_for_the_sweep(inspected):
     assert facts["registers"] == row["registers"] and facts["smem_bytes"] == row["smem_bytes"]
     assert facts["occupancy"] == row["occupancy"]["occupancy"]
     assert facts["tensor_core"] == row["instructions"]["tensor_core"]
-    assert facts["kernels"][0]["target"] == "fwd"
+    assert facts["kernels"][0]["target"] == "fwd" and len(facts["kernels"]) == 1
+    # The split-K path's config (as matmul's Impl.config reports it) selects the decode
+    # kernel: no GROUP_M, and the descriptive keys are ignored.
+    decode = next(r for r in _rows(doc, "sm_90a") if r["target"] == "decode")
+    split = {"path": "splitk", "split_k": 4, "k_split": 1024, **decode["config"]}
+    facts = insp.static_facts("matmul", "triton", split, torch.float16, "sm_90a")
+    assert facts["target"] == "decode" and facts["registers"] == decode["registers"]
     # No config: the architecture's default (the first of its list), as with autotune off.
     assert insp.static_facts("matmul", "triton", None, torch.float16, "sm_90a")["registers"] \
         == row["registers"]
@@ -364,7 +453,7 @@ def test_config_that_does_not_compile_is_reported_and_the_rest_goes_on(cache):
     r = _invoke("inspect", "matmul", "--arch", "sm_80", "--config", "BLOCK_M=48",
                 "--config", good, "--json")
     assert r.exit_code == 1, r.output
-    bad_row, good_row = json.loads(r.stdout)["kernels"]
+    bad_row, good_row = [k for k in json.loads(r.stdout)["kernels"] if k["target"] == "fwd"]
     assert bad_row["status"] == "error" and bad_row["config"]["BLOCK_M"] == 48
     assert "power of 2" in bad_row["error"] and "power of 2" in r.stderr
     # Keys left out of --config (GROUP_M) come from the architecture's first config.
@@ -425,9 +514,9 @@ def gemm_rows(cache) -> dict[str, list[dict]]:
 @pytest.mark.parametrize("name", _inspectable_ops())
 def test_gemm_kernels_static(name, gemm_rows):
     """Each kernel with a tl.dot compiles in its main configs (STATIC_CONFIGS) for sm_80 to
-    HMMA and for sm_90a to HGMMA (wgmma), with no spills. Where Triton cannot use wgmma (a dot tile whose
-    rows are not a multiple of 64, as in decode kernels), the config is named with that
-    reason (a warning) and must still use the tensor cores through HMMA."""
+    HMMA and for sm_90a to HGMMA (wgmma), with no spills. Where Triton cannot use wgmma (a
+    dot tile whose rows are not a multiple of 64, as in decode kernels), the config is named
+    with that reason (a warning) and must still use the tensor cores through HMMA."""
     rows = gemm_rows[name]
     assert rows, f"{name} declares compile_targets but none was compiled"
     problems, named = [], []

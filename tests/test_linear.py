@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import run_cli
 from tritonlab.harness import check, registry
 from tritonlab.harness.spec import reduction_tolerance
 from tritonlab.kernels import Linear, linear
@@ -187,8 +187,8 @@ def test_strided_x_is_read_in_place(kind, launches):
     x = _strided_x(kind, k, dtype)
     _, w, b = make_problem((1,), 53, k, dtype, seed=3)
     check_all(x, w, b, "gelu", dtype)
-    used = [args[2] if name == "dw" else args[0] for name, args, _ in launches
-            if name in ("fwd", "dw")]
+    used = [args[2] if name == "bwd_dw" else args[0] for name, args, _ in launches
+            if name in ("fwd", "bwd_dw")]
     assert len(used) == 2
     for t in used:  # the kernels got x itself, not a copy
         assert t.data_ptr() == x.data_ptr() and t.stride() == x.stride()
@@ -234,12 +234,12 @@ def test_only_needed_gradients_are_computed(needs, launches):
         by_name.setdefault(name, []).append(kwargs)
     assert len(by_name["fwd"]) == 1
     assert by_name["fwd"][0]["SAVE_DACT"] is any(needs)
-    assert len(by_name.get("dx", [])) == int(needs[0])
+    assert len(by_name.get("bwd_dx", [])) == int(needs[0])
     if needs[1] or needs[2]:
-        (dw_kwargs,) = by_name["dw"]
+        (dw_kwargs,) = by_name["bwd_dw"]
         assert dw_kwargs["COMPUTE_DW"] is needs[1] and dw_kwargs["COMPUTE_DB"] is needs[2]
     else:
-        assert "dw" not in by_name
+        assert "bwd_dw" not in by_name
     if any(needs):
         saved_x, saved_w, saved_d = y.grad_fn.saved_tensors
         # x is kept alive only for dW, W only for dX.
@@ -304,7 +304,7 @@ def test_backward_is_two_kernels_and_no_torch_math(act, launches, monkeypatch):
         monkeypatch.setattr(kernel, "launch", launch)
     with rec:
         torch.autograd.grad(y, leaves, grad)
-    assert [name for name, *_ in launches] == ["dx", "dw"]
+    assert [name for name, *_ in launches] == ["bwd_dx", "bwd_dw"]
     assert set(rec.ops) <= {"empty", "view", "reshape", "_reshape_alias", "alias", "detach"}, \
         rec.ops
 
@@ -560,9 +560,30 @@ def test_spec_config_reports_the_kernels_of_the_mode():
     shape = {"M": 70, "N": 20, "K": 9}
     impl = op.impl("triton")
     impl.build(op.make_inputs(shape, torch.float32, "cpu", 0), "fwd_bwd")()
-    assert set(impl.config()) == {"fwd", "dx", "dw"}
+    assert set(impl.config()) == {"fwd", "bwd_dx", "bwd_dw"}
     impl.build(op.make_inputs(shape, torch.float32, "cpu", 0), "infer")()
-    assert set(impl.config()) == {"fwd"} and impl.config()["fwd"]["BLOCK_M"] == 64
+    assert set(impl.config()) == {"infer"} and impl.config()["infer"]["BLOCK_M"] == 64
+    # Every key names a compile target, with a config of that target's kernel.
+    targets = {t.name: t for t in op.compile_targets(torch.float16)}
+    assert set(targets) == {"fwd", "infer", "bwd_dx", "bwd_dw"}
+    assert impl.config()["infer"]["path"] == "tiled"
+    assert set(impl.config()["infer"]) - {"num_warps", "num_stages", "path"} <= \
+        set(targets["infer"].param_names())
+
+
+def test_decode_sized_infer_takes_the_splitk_path():
+    """M <= 16 without autograd goes to the split-K decode kernel and matches float64."""
+    splitk = importlib.import_module("tritonlab.kernels._splitk")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 40, generator=g).to(torch.float16)  # M = 6 rows, leading dims
+    w = (torch.randn(50, 40, generator=g) * 0.2).to(torch.float16)
+    b = torch.randn(50, generator=g).to(torch.float16)
+    before = splitk.LAUNCHES["partial"]
+    with torch.inference_mode():
+        y = linear(x, w, b, "gelu")
+    assert splitk.LAUNCHES["partial"] == before + 1
+    ref = torch.nn.functional.gelu(x.double() @ w.double().t() + b.double())
+    assert (y.double() - ref).norm() / ref.norm() < 4 * reduction_tolerance(torch.float16, 40).rel_fro
 
 
 def test_cli_check_linear():
@@ -571,11 +592,26 @@ def test_cli_check_linear():
     doc = json.loads(proc.stdout)
     assert doc["passed"]
     ran = [c for c in doc["cases"] if c["correct"] is not None]
-    assert {(c["impl"], c["mode"]) for c in ran} >= {("triton", m) for m in op_modes()}
+    assert {(c["impl"], c["mode"]) for c in ran} >= {
+        ("triton", m) for m in ("fwd", "bwd", "fwd_bwd", "infer")}
 
 
-def op_modes():
-    return ("fwd", "bwd", "fwd_bwd", "infer")
+def test_cli_sweep_linear_fwd_bwd(tmp_path):
+    """One fwd_bwd point through the real sweep: rows carry the SPEC's FLOPs and bytes and
+    the config of each of the three kernels."""
+    proc = run_cli("sweep", "linear", "--mode", "fwd_bwd", "--shape", "70x67x45", "--dtype",
+                   "float32", "--out", str(tmp_path / "run"), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["impl"]: r for r in json.loads(proc.stdout)["rows"]}
+    assert set(rows) == {"triton", "torch"}
+    op = registry.discover()["linear"]
+    shape = {"M": 70, "N": 67, "K": 45}
+    for r in rows.values():
+        assert r["correct"] and r["error"] is None
+        assert r["flops"] == op.flops(shape, "fwd_bwd")
+        assert r["bytes"] == op.bytes(shape, torch.float32, "fwd_bwd")
+    assert set(rows["triton"]["config"]) == {"fwd", "bwd_dx", "bwd_dw"}
+    assert "torch" in rows["triton"]["speedup"]
 
 
 # ---------------------------------------------------------------------------------- GPU lane

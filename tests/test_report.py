@@ -131,7 +131,7 @@ def test_runs_side_by_side(sweep_run, tmp_path):
     paths = report.write_report([sweep_run, other], tmp_path / "both")
     _check_html(paths.html)
     md = paths.markdown.read_text()
-    assert "## Runs side by side" in md and "ratio faster-run" in md
+    assert "## Runs side by side" in md and "ratio sweep-faster-run" in md
     section = md.split("## Runs side by side")[1].split("\n## ")[0]
     lines = [line for line in section.splitlines() if line.startswith("| matmul")]
     assert lines and all(line.rstrip(" |").endswith("| 2") for line in lines)
@@ -195,7 +195,7 @@ def test_contrast_section(sweep_run, tmp_path):
     assert "- Training pushes harder: 600 W against 250 W." in section
     assert "OOM: out of memory" in section and "GPM unavailable" in section
     assert "2 samples over 2 phases; metrics: power_w" in section
-    assert any(p.name.startswith("contrast-") for p in paths.figures)
+    assert any(p.name.startswith("train-vs-infer-") for p in paths.figures)
     assert "CPU counters" not in section  # a GPU contrast carries no CPU banner
     # a run with only a contrast is reportable on its own; it has no roofline
     alone = report.write_report([contrast], tmp_path / "alone")

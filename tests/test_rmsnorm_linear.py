@@ -147,18 +147,24 @@ def test_spec_passes_check_on_its_tiny_preset():
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda x, n, w, b: rmsnorm_linear(x, n, w, 0.0), ValueError, "eps must be a finite number > 0"),
+    (lambda x, n, w, b: rmsnorm_linear(x, n, w, 0.0), ValueError,
+     "eps must be a finite number > 0"),
     (lambda x, n, w, b: rmsnorm_linear(x, n, w, -1.0), ValueError, "eps must be"),
     (lambda x, n, w, b: rmsnorm_linear(x, n, w, math.inf), ValueError, "eps must be"),
     (lambda x, n, w, b: rmsnorm_linear(x, n, w, None), TypeError, "eps must be a float"),
-    (lambda x, n, w, b: rmsnorm_linear(x, n[:5], w), ValueError, r"norm_weight has shape \(5,\); expected \(8,\)"),
+    (lambda x, n, w, b: rmsnorm_linear(x, n[:5], w), ValueError,
+     r"norm_weight has shape \(5,\); expected \(8,\)"),
     (lambda x, n, w, b: rmsnorm_linear(x, n[None], w), ValueError, "norm_weight must be 1-D"),
     (lambda x, n, w, b: rmsnorm_linear(x, n.half(), w), TypeError, "must match"),
-    (lambda x, n, w, b: rmsnorm_linear(x, n, w[:, :7]), ValueError, r"x has K=8 features; expected \(N, 8\)"),
+    (lambda x, n, w, b: rmsnorm_linear(x, n, w[:, :7]), ValueError,
+     r"x has K=8 features; expected \(N, 8\)"),
     (lambda x, n, w, b: rmsnorm_linear(x, n, w.half()), TypeError, "must match"),
-    (lambda x, n, w, b: rmsnorm_linear(x, n, w, bias=b[:3]), ValueError, r"bias has shape \(3,\); expected \(6,\)"),
-    (lambda x, n, w, b: rmsnorm_linear(x, n, w, out=torch.empty(4, 7)), ValueError, "out has shape"),
-    (lambda x, n, w, b: rmsnorm_linear(x[:, :0], n[:0], w[:, :0]), ValueError, "at least one feature"),
+    (lambda x, n, w, b: rmsnorm_linear(x, n, w, bias=b[:3]), ValueError,
+     r"bias has shape \(3,\); expected \(6,\)"),
+    (lambda x, n, w, b: rmsnorm_linear(x, n, w, out=torch.empty(4, 7)), ValueError,
+     "out has shape"),
+    (lambda x, n, w, b: rmsnorm_linear(x[:, :0], n[:0], w[:, :0]), ValueError,
+     "at least one feature"),
     (lambda x, n, w, b: rmsnorm_linear([[1.0]], n, w), TypeError, "torch.Tensor"),
 ])
 def test_bad_input(call, exc, match):
@@ -174,9 +180,9 @@ def test_bfloat16_is_gpu_only(be):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("m", [1, 8, 16, 512, 2048])
-def test_rmsnorm_linear_gpu_llama(m, dtype, gpu):
+@pytest.mark.parametrize("m", [1, 16, 2048])
+def test_rmsnorm_linear_gpu_llama(m, gpu):
+    dtype = torch.bfloat16
     n, k = 14336, 4096
     x, nw, w, b = operands(m, n, k, dtype, seed=m, device=gpu)
     out = torch.full((m, n), math.nan, dtype=dtype, device=gpu)

@@ -36,8 +36,8 @@ def test_training_step_matches_torch_reference(monkeypatch):
     for name, p in runs["triton"].params.items():
         torch.testing.assert_close(p, runs["torch"].params[name], rtol=1e-5, atol=1e-6)
     # Three projections a step, forward and backward, all through the lab's kernels.
-    assert launched.count("fwd") == 12 and launched.count("dx") == 12
-    assert launched.count("dw") == 12
+    assert launched.count("fwd") == 12 and launched.count("bwd_dx") == 12
+    assert launched.count("bwd_dw") == 12
 
 
 def test_forward_matches_model_reference():

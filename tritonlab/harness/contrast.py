@@ -229,7 +229,7 @@ def _measure(sampler, factory: WorkloadFactory, plan: Plan, cfg, mode: str, impl
                     break
         if is_gpu:
             run.peak_mem_bytes = int(torch.cuda.max_memory_allocated())
-    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+    except Exception as exc:  # OOM, Triton compile/resource errors: recorded, the run goes on
         run.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         run.phase = None
     finally:
@@ -513,11 +513,31 @@ def verdict(rows: list[dict], *, counters: str, device: str, idle: dict | None,
     for r in resources:
         if r["winner"] is None:
             lines.append(f"{r['resource']}: not compared ({r['reason']}).")
+    lines += _busy_host(idle, counters)
     lines += _power_context(by_mode, idle, names)
     lines += _character(by_mode, names)
     lines += _energy_per_sample(by_mode)
     return {"counters": counters, "label": label, "harder": harder, "decided_by": decided_by,
             "resources": resources, "explanation": lines}
+
+
+# Above these, the idle baseline was not idle: someone else was using the device.
+BUSY_IDLE_SYS_CPU_PCT = 50.0
+BUSY_IDLE_GPU_UTIL_PCT = 10.0
+
+
+def _busy_host(idle: dict | None, counters: str) -> list[str]:
+    if not idle:
+        return []
+    if counters == "nvml" and (idle.get("gpu_util_pct") or 0.0) > BUSY_IDLE_GPU_UTIL_PCT:
+        return [f"Caution: the GPU was busy during the idle baseline (utilisation "
+                f"{fmt_num(idle['gpu_util_pct'], '.3g')}%): another process shares it, so "
+                f"power and utilisation include its work."]
+    if counters == "cpu" and (idle.get("sys_cpu_pct") or 0.0) > BUSY_IDLE_SYS_CPU_PCT:
+        return [f"Caution: the host was busy during the idle baseline (system CPU "
+                f"{fmt_num(idle['sys_cpu_pct'], '.3g')}%): other processes compete for the "
+                f"cores, so this process's CPU shares and step times vary with their load."]
+    return []
 
 
 def _power_context(by_mode: dict, idle: dict | None, names: dict) -> list[str]:
@@ -618,7 +638,7 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
     and an unwritable ``out_dir`` raise UsageError before anything runs. ``counters``:
     ``auto`` (NVML on a GPU, with a warning and the CPU backend when NVML is missing),
     ``nvml`` or ``cpu``. ``workloads(mode, cfg, impl=, dtype=, device=, seed=)`` builds a
-    workload (default: the lab's). ``progress`` receives one line per step of the run."""
+    workload (default: the lab's). ``progress`` receives one line per phase of the run."""
     from tritonlab.harness import devices, runstore
     from tritonlab.harness import timeline as timeline_mod
     from tritonlab.workloads.model import MLPConfig

@@ -3,21 +3,25 @@ present:
 
 0. measure the device's ceilings unless they are cached (``tritonlab device --measure``), so
    the roofline has measured ceilings beside the datasheet's (the CPU has only those);
-1. check every op against its float64 reference (the ``tiny`` shapes: odd sizes that hit
-   every edge mask; every dtype the backend computes correctly), written to ``check.json``;
+1. check every op, impl and mode against its float64 reference at ``tiny`` shapes (odd
+   sizes that hit every edge mask), in every dtype the backend computes correctly, written
+   to ``check.json``;
 2. a quick sweep into ``OUT/sweep`` (the ``quick`` preset on a GPU, ``tiny`` on the
    interpreter), every point checked before it is timed;
 3. a short training-vs-inference contrast into ``OUT/contrast``;
 4. the report of both runs: ``OUT/index.html`` and ``OUT/report.md``.
 
-Without a GPU it is sized to finish in under 3 minutes on 2 cores: the interpreter sweep
-takes one dtype (float16) and a short time budget per point, and the contrast the tiny model
-at two batch sizes with 1 s phases. The interpreter's times show that everything runs and is
-correct; they are not GPU performance, and the report says so.
+Without a GPU it is sized to finish in under 3 minutes on 2 cores: the check takes 2 tiny
+shapes per op (the smallest and the largest by FLOPs) and so does the sweep, in float16 with
+a short time budget per point, and the contrast the tiny model at two batch sizes with 1 s phases.
+The interpreter's times show that everything runs and is correct; they are not GPU
+performance, and the report says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,12 +32,16 @@ from tritonlab.harness import backend as backend_mod
 from tritonlab.harness.errors import UsageError
 from tritonlab.harness.output import dumps
 
-# What one demo does per backend. ``sweep_dtypes`` None: every dtype the op supports there.
+# What one demo does per backend. ``check_shapes`` / ``sweep_shapes``: at most this many
+# shapes of the preset per op, spread over its FLOPs range (None: all); ``sweep_dtypes``: the
+# dtypes swept where the op supports them on the backend (else its first one).
 SETTINGS = {
-    "cuda": dict(sweep_preset="quick", sweep_dtypes=("bfloat16",), sweep_budget_s=0.25,
+    "cuda": dict(check_shapes=None, sweep_preset="quick", sweep_shapes=None,
+                 sweep_dtypes=("bfloat16",), sweep_budget_s=0.25,
                  contrast=dict(batches=(1, 16, 256, 4096), duration_s=3.0, model_size="base",
                                warmup_s=1.0, idle_s=2.0, cooldown_s=1.0)),
-    "interpreter": dict(sweep_preset="tiny", sweep_dtypes=("float16",), sweep_budget_s=0.05,
+    "interpreter": dict(check_shapes=2, sweep_preset="tiny", sweep_shapes=2,
+                        sweep_dtypes=("float16",), sweep_budget_s=0.05,
                         contrast=dict(batches=(1, 64), duration_s=1.0, model_size="tiny",
                                       warmup_s=0.1, idle_s=1.0, cooldown_s=0.1)),
 }
@@ -79,15 +87,49 @@ def _clear(out: Path) -> None:
             path.unlink()
 
 
-def _check(ops, say) -> tuple[list[dict], list[str]]:
+def spread(op, shapes: Sequence[dict], n: int | None) -> list[dict]:
+    """At most ``n`` of ``shapes`` (all when n is None), spread over their FLOPs range: the
+    smallest and the largest first, then the ones between (the roofline then shows points at
+    both ends of the intensity range)."""
+    ordered = sorted((dict(s) for s in shapes), key=lambda s: op.flops(s, op.modes[0]))
+    if n is None or len(ordered) <= n:
+        return ordered
+    if n == 1:
+        return ordered[-1:]
+    picks = sorted({round(i * (len(ordered) - 1) / (n - 1)) for i in range(n)})
+    return [ordered[i] for i in picks]
+
+
+@contextlib.contextmanager
+def _first_config_only(enabled: bool):
+    """On a GPU the check uses each kernel's first launch config (correctness needs no
+    tuning, and autotuning every tiny shape would compile every config); the sweep tunes."""
+    if not enabled:
+        yield
+        return
+    before = os.environ.get("TRITONLAB_AUTOTUNE")
+    os.environ["TRITONLAB_AUTOTUNE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TRITONLAB_AUTOTUNE"]
+        else:
+            os.environ["TRITONLAB_AUTOTUNE"] = before
+
+
+def _check(ops, n_shapes: int | None, say) -> tuple[list[dict], list[str]]:
     from tritonlab.harness import check
 
     be = backend_mod.current()
     cases, failures = [], []
     for op in ops:
         dtypes = op.dtypes if be.is_gpu else op.dtypes_interpreter
-        shapes = {op.name: [dict(s) for s in op.presets.get("tiny", check.default_shapes(op))]}
-        for r in check.iter_cases([op], dtypes, shapes, seeds=1):
+        shapes = {op.name: spread(op, op.presets.get("tiny", check.default_shapes(op)),
+                                  n_shapes)}
+        with _first_config_only(be.is_gpu):
+            results = list(check.iter_cases([op], dtypes, shapes, seeds=1))
+        for r in results:
             cases.append(r.to_dict())
             if r.correct is False:
                 failures.append(f"check {r.op} {r.impl} {r.mode} {r.dtype} "
@@ -100,13 +142,14 @@ def _check(ops, say) -> tuple[list[dict], list[str]]:
 
 
 def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str]:
-    from tritonlab.harness import registry, sweep
-    from tritonlab.harness.runstore import shape_str
+    from tritonlab.harness import devices, registry, sweep
+    from tritonlab.harness.runstore import RunDir, shape_str
     from tritonlab.harness.spec import dtype_name
 
     be = backend_mod.current()
     preset = settings["sweep_preset"]
-    shapes = {op.name: registry.parse_preset(preset, op) for op in ops if preset in op.presets}
+    shapes = {op.name: spread(op, registry.parse_preset(preset, op), settings["sweep_shapes"])
+              for op in ops if preset in op.presets}
     chosen = [op for op in ops if op.name in shapes]
     dtypes = {}
     for op in chosen:
@@ -114,12 +157,14 @@ def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str
         wanted = [registry.parse_dtype(d) for d in settings["sweep_dtypes"]]
         dtypes[op.name] = [d for d in wanted if d in allowed] or list(allowed[:1])
     points, notes = sweep.plan(chosen, shapes, dtypes, backend_name=be.name)
-    for note in notes:
-        say(f"  note: {note}")
+    if notes:
+        say(f"  {len(notes)} combinations left out (listed in the sweep's manifest under "
+            f"options.left_out), e.g. {notes[0]}")
     selection = {"ops": [op.name for op in chosen], "preset": preset,
                  "shapes": {n: [shape_str(s) for s in v] for n, v in shapes.items()},
                  "dtypes": {n: [dtype_name(d) for d in v] for n, v in dtypes.items()},
-                 "modes": [], "impls": [], "points": len(points), "demo": True}
+                 "modes": [], "impls": [], "points": len(points), "demo": True,
+                 "left_out": notes}
     options = sweep.SweepOptions(budget_s=settings["sweep_budget_s"])
 
     def progress(i, n, label, status):
@@ -128,6 +173,9 @@ def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str
 
     result = sweep.sweep(points, out, resume=False, options=options, argv=argv,
                          selection=selection, progress=progress, notes=notes)
+    peaks = devices.current_peaks(be)
+    if peaks is not None:  # the ceilings the rows were annotated with, for the report
+        RunDir(out).update_manifest(peaks=peaks.to_dict())
     return [f"sweep {r['op']} {r['impl']} {r['mode']} {r['dtype']} {shape_str(r['shape'])}: "
             f"{r['error']}" for r in result.failed]
 
@@ -168,7 +216,7 @@ def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
 
     start = time.perf_counter()
     say(f"1/4 check {len(specs)} ops against float64 references")
-    cases, result.check_failures = _check(specs, say)
+    cases, result.check_failures = _check(specs, conf["check_shapes"], say)
     (out / "check.json").write_text(dumps({"backend": be.name, "passed": not
                                            result.check_failures, "cases": cases}) + "\n")
     result.seconds["check"] = time.perf_counter() - start

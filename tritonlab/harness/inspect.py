@@ -429,36 +429,55 @@ def cache_dir() -> Path:
     return Path(xdg) / "tritonlab" / "inspect"
 
 
-def _module_of(value) -> str | None:
-    if isinstance(value, types.ModuleType):
-        return value.__name__
-    inner = getattr(value, "fn", None)
-    return getattr(inner if callable(inner) else value, "__module__", None)
+def _is_jit(value) -> bool:
+    return type(value).__name__ in ("JITFunction", "InterpretedFunction")
 
 
 def _source_digest(kernel) -> str:
-    """Hash of the source files of the kernel's module and of every tritonlab module it
-    reaches through module-level names: a change to the kernel or to a helper it calls
-    invalidates the cached compile (over-approximated to whole files)."""
-    fn = _unwrap(kernel).fn
-    seen: dict[str, str] = {}
-    stack = [fn.__module__]
-    while stack:
-        name = stack.pop()
-        module = sys.modules.get(name)
-        path = getattr(module, "__file__", None)
-        if name in seen or path is None:
-            continue
-        seen[name] = path
-        for value in list(vars(module).values()):
-            dep = _module_of(value)
-            if dep and dep.split(".")[0] == "tritonlab" and dep not in seen:
-                stack.append(dep)
+    """Hash of what the kernel's code depends on: its source, and recursively the source of
+    every @triton.jit helper and the value of every global constant it names (directly or as
+    ``module.name``), as Triton's own cache key does. Triton's own functions are covered by
+    the Triton version in the cache key; editing a launcher or another kernel of the same
+    module invalidates nothing."""
+    import ast
+    import textwrap
+
     h = hashlib.sha256()
-    for name in sorted(seen):
-        h.update(name.encode())
-        h.update(Path(seen[name]).read_bytes())
+    seen: set = set()
+
+    def resolve(node, scope):
+        if isinstance(node, ast.Name):
+            return scope.get(node.id, _MISSING)
+        if isinstance(node, ast.Attribute):
+            base = resolve(node.value, scope)
+            if isinstance(base, types.ModuleType):
+                return getattr(base, node.attr, _MISSING)
+        return _MISSING
+
+    def visit(fn) -> None:
+        if fn in seen:
+            return
+        seen.add(fn)
+        src = textwrap.dedent(pyinspect.getsource(fn))
+        h.update(f"{fn.__qualname__}\n{src}".encode())
+        for node in ast.walk(ast.parse(src)):
+            if not isinstance(node, (ast.Name, ast.Attribute)):
+                continue
+            value = resolve(node, fn.__globals__)
+            if _is_jit(value):
+                if value.fn.__module__.split(".")[0] != "triton":
+                    visit(value.fn)
+            elif type(value).__name__ == "constexpr":
+                h.update(f"{node.id if isinstance(node, ast.Name) else node.attr}="
+                         f"{value.value!r}\n".encode())
+            elif isinstance(value, (bool, int, float, str)):
+                h.update(f"{ast.dump(node)}={value!r}\n".encode())
+
+    visit(_unwrap(kernel).fn)
     return h.hexdigest()
+
+
+_MISSING = object()
 
 
 def _triton_env() -> dict:
@@ -507,16 +526,18 @@ def _make_job(op: str, target: CompileTarget, arch: ArchLimits, dtype: torch.dty
         return _Job(op, target, arch, dtype, config, index, None,
                     f"{type(exc).__name__}: {exc}")
     fn = _unwrap(target.kernel).fn
-    module = sys.modules.get(fn.__module__)
-    if module is None or getattr(module, fn.__name__, None) is None or \
-            _unwrap(getattr(module, fn.__name__)).fn is not fn:
+    try:
+        importable = _unwrap(getattr(sys.modules[fn.__module__], fn.__name__)).fn is fn
+    except (KeyError, AttributeError, TypeError):
+        importable = False
+    if not importable:
         return _Job(op, target, arch, dtype, config, index, None,
                     f"{fn.__module__}.{fn.__name__} is not a module-level name of its module; "
                     f"compile workers cannot import it")
-    if fn.__module__ not in digests:
-        digests[fn.__module__] = _source_digest(target.kernel)
+    if fn not in digests:
+        digests[fn] = _source_digest(target.kernel)
     ident = {"format": ENTRY_FORMAT, "triton": triton.__version__, "env": _triton_env(),
-             "source": digests[fn.__module__], "module": fn.__module__,
+             "source": digests[fn], "module": fn.__module__,
              "function": fn.__name__, "capability": arch.cc,
              "signature": spec["signature"], "constexprs": constexprs,
              "divisible": sorted(spec["divisible"]), "options": spec["options"]}
@@ -556,6 +577,19 @@ class _Worker:
     stderr_tail: list[str]
     inflight: set[str] = field(default_factory=set)
     closed: bool = False
+    readers: list[threading.Thread] = field(default_factory=list)
+
+    def finish(self) -> None:
+        """Reap the process once its output has ended, and close its pipes."""
+        self.proc.wait()
+        for t in self.readers:
+            t.join(timeout=5)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                pipe.close()
+            except OSError:  # stdin of a worker that died with input still buffered
+                pass
+        self.closed = True
 
 
 def _start_worker(index: int, events: queue.Queue) -> _Worker:
@@ -581,8 +615,9 @@ def _start_worker(index: int, events: queue.Queue) -> _Worker:
             worker.stderr_tail.append(line)
             del worker.stderr_tail[:-40]
 
-    for target in (pump_out, pump_err):
-        threading.Thread(target=target, daemon=True).start()
+    worker.readers = [threading.Thread(target=t, daemon=True) for t in (pump_out, pump_err)]
+    for t in worker.readers:
+        t.start()
     return worker
 
 
@@ -620,7 +655,7 @@ def _run_workers(jobs: Sequence[_Job], root: Path, progress: Progress | None) ->
         worker = workers[index]
         if msg is None:  # the worker's output ended: it finished or died
             alive -= 1
-            worker.proc.wait()
+            worker.finish()
             for key in worker.inflight:
                 failed[key] = (f"compile worker exited with status {worker.proc.returncode}: "
                                f"{''.join(worker.stderr_tail[-10:]).strip()}")
@@ -674,7 +709,8 @@ def format_config(config: Mapping) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items())
 
 
-def _config_slug(config: Mapping) -> str:
+def config_slug(config: Mapping) -> str:
+    """A config as a directory name: ``BLOCK_M128-BLOCK_N256-...-w8-s3``."""
     short = {"num_warps": "w", "num_stages": "s", "num_ctas": "ctas", "maxnreg": "maxnreg"}
     return "-".join(f"{short.get(k, k)}{v}" for k, v in config.items())
 
@@ -740,7 +776,7 @@ def dump_row(row: Mapping, out_dir: Path) -> list[Path]:
     to ``out_dir/<op>/<target>/<arch>/<config>/``; returns the files written."""
     src = Path(row["entry"])
     dest = (out_dir / row["op"] / row["target"] / row["arch"] / row["dtype"]
-            / _config_slug(row["config"]))
+            / config_slug(row["config"]))
     dest.mkdir(parents=True, exist_ok=True)
     from tritonlab.harness.inspect_compile import ARTIFACTS, read_artifact
 
@@ -859,7 +895,9 @@ def static_facts(op: OpSpec | str, impl: str | None, config: Mapping | None,
 
     ``op``: the OpSpec or its name; ``impl``: the Triton impl's name (targets declared for
     other impls are left out); ``config``: the launch config the impl reported (flat dict as
-    ``Impl.config()`` returns it; None: each target's default for ``arch``); ``arch``:
+    ``Impl.config()`` returns it, keys no kernel takes, such as ``path``, are ignored; the
+    targets are those taking its keys, preferring those whose configs have exactly these
+    keys; None: every target with its default for ``arch``); ``arch``:
     ``"sm_90a"`` or a capability tuple such as ``torch.cuda.get_device_capability()``;
     ``values``: launch arguments that override the targets' typical ones (e.g. the point's
     M, N, K). Uses the compile cache.
@@ -884,17 +922,29 @@ def static_facts(op: OpSpec | str, impl: str | None, config: Mapping | None,
     if impl is not None and impl not in [i.name for i in spec.triton_impls]:
         return {"arch": limits.name, "kernels": [],
                 "error": f"{impl!r} is not a Triton impl of {spec.name}"}
-    cfg = dict(config or {})
-    targets = [t for t in op_targets(spec, dtype)
-               if (t.impls is None or impl is None or impl in t.impls) and _applies(cfg, t)]
+    candidates = [t for t in op_targets(spec, dtype)
+                  if t.impls is None or impl is None or impl in t.impls]
+    # Keys that describe the launch rather than configure a kernel ("path", "split_k") are
+    # dropped; a target is one that takes every remaining key, and when several do, those
+    # whose own configs have exactly these keys (a tiled GEMM's GROUP_M tells it apart from
+    # a split-K kernel with the same tile names).
+    taken = set(OPTION_KEYS).union(*(t.param_names() for t in candidates))
+    cfg = {k: v for k, v in (config or {}).items() if k in taken}
+    targets = [t for t in candidates if _applies(cfg, t)]
+    tunables = {k for k in cfg if k not in OPTION_KEYS}
+    exact = [t for t in targets if any({k for k in c if k not in OPTION_KEYS} == tunables
+                                       for c in t.configs_for(limits))]
+    targets = exact if tunables and exact else targets
     if not targets:
         return {"arch": limits.name, "kernels": [],
                 "error": f"no compile target of {spec.name} (impl {impl}) takes config "
-                         f"{format_config(cfg)}"}
+                         f"{format_config(config or {})}"}
     jobs, digests = [], {}
     for t in targets:
         if values:
-            t = dataclasses.replace(t, values={**t.values, **values})
+            names = set(t.param_names())
+            t = dataclasses.replace(t, values={**t.values, **{k: v for k, v in values.items()
+                                                              if k in names}})
         listed = t.configs_for(limits)
         merged = {**(listed[0] if listed else {}), **cfg}
         jobs.append(_make_job(spec.name, t, limits, dtype, merged, None, digests))

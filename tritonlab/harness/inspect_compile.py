@@ -112,10 +112,14 @@ def _ptxas_log(ptx: str, capability: int) -> str:
     """Run ``ptxas -v`` on the PTX, for Triton versions that do not hand back their own log."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
+    try:
+        ptxas = get_ptxas(capability).path
+    except TypeError:  # Triton versions with one ptxas for every target
+        ptxas = get_ptxas().path
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)
-        proc = subprocess.run([get_ptxas(capability).path, "-v",
+        proc = subprocess.run([ptxas, "-v",
                                f"--gpu-name={sm_arch_from_capability(capability)}", str(src),
                                "-o", str(Path(tmp) / "kernel.o")],
                               capture_output=True, text=True)
@@ -199,27 +203,13 @@ def compile_job(job: dict, kernel=None) -> dict:
     except Exception as exc:  # noqa: BLE001 - the compiler's message is the result
         meta["error"] = error_message(exc)
     meta["compile_s"] = round(time.perf_counter() - start, 3)
-    if meta["error"] is None:
-        asm = compiled.asm
-        for stage in STAGES:
-            write_artifact(tmp, f"kernel.{stage}", str(asm[stage]))
-        cubin = tmp / "kernel.cubin"
-        cubin.write_bytes(asm["cubin"])
-        ptxas_log = log.getvalue()
-        if "Used " not in ptxas_log:
-            ptxas_log = _ptxas_log(asm["ptx"], job["capability"])
-            meta["ptxas_log_rerun"] = True
-        write_artifact(tmp, "ptxas.log", ptxas_log)
-        cuobjdump = tool_path("cuobjdump")
-        for args, name in ((["--dump-resource-usage"], "resource_usage.txt"),
-                           (["-sass"], "kernel.sass")):
-            out = subprocess.run([cuobjdump, *args, str(cubin)], capture_output=True,
-                                 text=True, check=True).stdout
-            write_artifact(tmp, name, out)
-        md = compiled.metadata
-        meta.update(name=md.name, shared=int(md.shared), num_warps=int(md.num_warps),
-                    num_stages=int(md.num_stages), num_ctas=int(getattr(md, "num_ctas", 1)))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        if meta["error"] is None:
+            _store_outputs(compiled, log.getvalue(), job["capability"], tmp, meta)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(entry)
     except OSError:  # another process stored the same entry first
@@ -227,6 +217,28 @@ def compile_job(job: dict, kernel=None) -> dict:
         if not (entry / "meta.json").exists():
             raise
     return {"key": job["key"], "ok": meta["error"] is None, "error": meta["error"]}
+
+
+def _store_outputs(compiled, ptxas_log: str, capability: int, tmp: Path, meta: dict) -> None:
+    """Write a compiled kernel's stages, the ptxas log and cuobjdump's reports into ``tmp``."""
+    asm = compiled.asm
+    for stage in STAGES:
+        write_artifact(tmp, f"kernel.{stage}", str(asm[stage]))
+    cubin = tmp / "kernel.cubin"
+    cubin.write_bytes(asm["cubin"])
+    if "Used " not in ptxas_log:
+        ptxas_log = _ptxas_log(asm["ptx"], capability)
+        meta["ptxas_log_rerun"] = True
+    write_artifact(tmp, "ptxas.log", ptxas_log)
+    cuobjdump = tool_path("cuobjdump")
+    for args, name in ((["--dump-resource-usage"], "resource_usage.txt"),
+                       (["-sass"], "kernel.sass")):
+        out = subprocess.run([cuobjdump, *args, str(cubin)], capture_output=True,
+                             text=True, check=True).stdout
+        write_artifact(tmp, name, out)
+    md = compiled.metadata
+    meta.update(name=md.name, shared=int(md.shared), num_warps=int(md.num_warps),
+                num_stages=int(md.num_stages), num_ctas=int(getattr(md, "num_ctas", 1)))
 
 
 def main() -> None:

@@ -50,7 +50,10 @@ class Run:
 
     @property
     def label(self) -> str:
-        return str(self.manifest.get("run_id") or self.path.name)
+        """The run's name in tables and figures: its kind and id (``sweep-20261127-...``)."""
+        run_id = str(self.manifest.get("run_id") or self.path.name)
+        kind = self.manifest.get("kind")
+        return f"{kind}-{run_id}" if kind and not run_id.startswith(str(kind)) else run_id
 
     @property
     def backend(self) -> str:
@@ -338,6 +341,9 @@ def _environment(runs: list[Run]) -> list:
 
 
 def _ceilings(runs: list[Run]) -> list:
+    runs = [r for r in runs if r.rows]  # a contrast alone is not drawn against ceilings
+    if not runs:
+        return []
     blocks: list = [Heading(2, "Ceilings")]
     table = []
     for run in runs:
@@ -363,7 +369,9 @@ def _ceilings(runs: list[Run]) -> list:
     blocks.append(Para("% of roofline = achieved TFLOP/s / min(peak, intensity x bandwidth); "
                        "`spec` uses the datasheet's dense peaks, `measured` what "
                        "`tritonlab device --measure` sustained on this device (a large copy "
-                       "and a large torch.matmul)."))
+                       "and a large torch.matmul). A point can beat a measured ceiling (data "
+                       "that stays in cache, a faster kernel than torch.matmul's for that "
+                       "dtype): its % of roofline is then above 100."))
     return blocks
 
 
@@ -538,8 +546,9 @@ def _contrast(runs: list[Run], fig_dir: Path) -> list:
         verdict = doc.get("verdict") if isinstance(doc.get("verdict"), Mapping) else {}
         if verdict:
             harder = verdict.get("harder")
-            names = {"train": "training", "infer": "inference", "tie": "neither (a tie)"}
-            head = f"Verdict: {names.get(harder, harder or 'undecided')} pushes harder"
+            names = {"train": "training", "infer": "inference", "tie": "neither mode"}
+            head = (f"Verdict: {names.get(harder, harder)} pushes harder" if harder
+                    else "Verdict: undecided")
             if verdict.get("decided_by"):
                 head += f" (decided by {verdict['decided_by']})"
             blocks.append(Para(head + "."))
@@ -554,7 +563,7 @@ def _contrast(runs: list[Run], fig_dir: Path) -> list:
                                 [[p.get("name"), p.get("mode"), p.get("impl"), p.get("batch"),
                                   *[p.get(k) for k, _ in cols], p.get("error")]
                                  for p in phases]))
-            path = fig_dir / f"contrast-{_slug(run.label)}.png"
+            path = fig_dir / f"train-vs-infer-{_slug(run.label)}.png"
             try:
                 roofline.plot_phase_bars(phases, _PHASE_PANELS,
                                          title=f"Training vs inference, run {run.label}",

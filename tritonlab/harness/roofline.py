@@ -157,6 +157,24 @@ def _colors(keys):
     return {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
 
 
+def _family_colors(series: list[tuple]) -> dict[tuple, tuple]:
+    """One hue per op (``series`` are (op, impl, ...) tuples), its impls in shades from dark
+    to light, so the points of one op read as a family."""
+    plt = _pyplot()
+    from matplotlib.colors import to_rgb
+
+    cmap = plt.get_cmap("tab10")
+    ops = list(dict.fromkeys(s[0] for s in series))
+    out = {}
+    for i, op in enumerate(ops):
+        members = [s for s in series if s[0] == op]
+        base = to_rgb(cmap(i % cmap.N))
+        for j, s in enumerate(members):
+            mix = 0.55 * j / max(len(members) - 1, 1)  # up to 55% toward white
+            out[s] = tuple(c + (1 - c) * mix for c in base)
+    return out
+
+
 def _draw_ceilings(ax, peaks: Peaks | None, keys: list[str], xmin: float,
                    xmax: float) -> tuple[list[float], list[str]]:
     """Memory roof and one compute roof per dtype key, per source (spec solid, measured
@@ -194,6 +212,34 @@ def _draw_ceilings(ax, peaks: Peaks | None, keys: list[str], xmin: float,
     return drawn, text
 
 
+def _label_shapes(ax, fig, points) -> None:
+    """Name the shape under its lowest point at each intensity, skipping a label that would
+    overprint one already placed (the report's tables name every point anyway)."""
+    lowest: dict[tuple[str, float], float] = {}
+    for p in points:
+        where = (shape_label(p.get("shape")), p["intensity"])
+        lowest[where] = min(lowest.get(where, math.inf), p["tflops"])
+    box = ax.get_position()
+    width_px = box.width * fig.get_figwidth() * fig.dpi
+    height_px = box.height * fig.get_figheight() * fig.dpi
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    px_per_decade_x = width_px / math.log10(x1 / x0)
+    px_per_decade_y = height_px / math.log10(y1 / y0)
+    placed: list[tuple[str, float, float, float]] = []  # text, centre x, y (px), half width
+    for (label, x), y in sorted(lowest.items(), key=lambda kv: (kv[0][1], kv[1])):
+        cx = math.log10(x / x0) * px_per_decade_x
+        cy = math.log10(y / y0) * px_per_decade_y - 14
+        half = 2.9 * len(label)  # 7.5 pt characters are about 5.8 px wide at 110 dpi
+        if any(abs(cx - px) < half + ph + 4 and abs(cy - py) < (60 if text == label else 12)
+               for text, px, py, ph in placed):
+            continue
+        placed.append((label, cx, cy, half))
+        ax.annotate(label, (x, y), xytext=(0, -14), textcoords="offset points",
+                    fontsize=7.5, ha="center", color="0.2", zorder=6,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.7})
+
+
 def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
                   title: str = "Roofline") -> Path:
     """A log-log roofline of ``rows`` (results rows) against ``peaks``, saved as PNG.
@@ -229,12 +275,16 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
     roofs, roof_text = _draw_ceilings(ax, peaks, keys, xmin, xmax)
 
     several_dtypes = len({p.get("dtype") for p in points}) > 1
+    p_kind = {(p["op"], p["impl"]): ("a" if p.get("kind", "triton") == "triton" else "b")
+              for p in points}
 
     def series_of(p):  # each dtype has its own roof: tell dtypes apart when there are several
         return (p["op"], p["impl"], p.get("dtype")) if several_dtypes else (p["op"], p["impl"])
 
-    series = sorted({series_of(p) for p in points}, key=lambda s: tuple(map(str, s)))
-    colors = _colors(series)
+    # within an op the lab's kernels first (darkest), baselines after
+    series = sorted({series_of(p) for p in points},
+                    key=lambda s: (str(s[0]), p_kind.get(s[:2], "z"), tuple(map(str, s[1:]))))
+    colors = _family_colors(series)
     for p in points:
         color = colors[series_of(p)]
         mode = p.get("mode")
@@ -250,21 +300,11 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
     for p in points:  # one label per shape and intensity, under its lowest point
         where = (shape_label(p.get("shape")), p["intensity"])
         labelled[where] = min(labelled.get(where, math.inf), p["tflops"])
-    placed: list[tuple[float, float]] = []
-    for (label, x), y in sorted(labelled.items(), key=lambda kv: (kv[0][1], kv[1])):
-        lx, ly = math.log10(x), math.log10(y)
-        # about one label's width and height in decades at this figure size: skip a label
-        # that would overprint another (the tables name every point anyway)
-        if any(abs(lx - px) < 0.25 and abs(ly - py) < 0.1 for px, py in placed):
-            continue
-        placed.append((lx, ly))
-        ax.annotate(label, (x, y), xytext=(0, -14), textcoords="offset points",
-                    fontsize=7.5, ha="center", color="0.3")
-
     ymin = min(ys) / 4
     ymax = max(ys + roofs) * 3
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ymin, ymax)
+    _label_shapes(ax, fig, points)
     ax.grid(True, which="major", color="0.85", lw=0.8)
     ax.grid(True, which="minor", color="0.93", lw=0.5)
     ax.set_xlabel("arithmetic intensity (FLOP/byte of compulsory DRAM traffic)", fontsize=11)
@@ -285,12 +325,13 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
     if any(_finite(p.get("unfused_intensity")) for p in points):
         extra.append(Line2D([], [], color="0.45", marker="x", ls=":", ms=7,
                             label="same work at unfused traffic"))
-    leg1 = ax.legend(handles=impl_handles, title="op · impl" + (" · dtype" if several_dtypes
-                                                                else ""), loc="upper left",
-                     bbox_to_anchor=(1.01, 1.0), fontsize=9, title_fontsize=9)
-    ax.add_artist(leg1)
-    ax.legend(handles=mode_handles + extra, title="filled = training, hollow = inference",
-              loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=9, title_fontsize=9)
+    ax.legend(handles=impl_handles, title="op · impl" + (" · dtype" if several_dtypes else ""),
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, title_fontsize=9,
+              ncol=1 if len(impl_handles) <= 24 else 2)
+    # a figure legend (an axes keeps one legend in its tight bounding box)
+    fig.legend(handles=mode_handles + extra, title="filled = training, hollow = inference",
+               loc="upper center", bbox_to_anchor=(0.5, -0.11), bbox_transform=ax.transAxes,
+               fontsize=9, title_fontsize=9, ncol=min(4, len(mode_handles + extra)))
     if roof_text:
         ax.text(0.01, 0.98, "ceilings (diamond = ridge point)\n" + "\n".join(roof_text),
                 transform=ax.transAxes, ha="left", va="top", fontsize=8.5, family="monospace",

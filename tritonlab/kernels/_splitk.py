@@ -13,9 +13,9 @@ Two launches when S > 1. Each program writes its fp32 partial tile to a workspac
 scale, bias, activation, gating), which cannot run before the sum because it is nonlinear.
 This is deterministic, needs no atomics and no zero-initialised output, and the partials
 re-run idempotently while the autotuner benchmarks configs. The workspace costs
-2 * S * M * N * 4 bytes, small next to the N * K weight at decode sizes (under 10% for M <= 16
-and S <= 4 in bf16). When one slice already fills the GPU (S = 1) the epilogue runs in the
-same kernel and nothing else is launched.
+2 * S * M * N * 4 bytes (written and read); S is capped so that this stays within 1/8 of a
+16-bit weight's 2 * N * K. When one slice already fills the GPU (S = 1) the epilogue runs in
+the same kernel and nothing else is launched.
 
 The same kernel serves three ops through constexpr switches: plain matmul (``matmul``,
 ``linear``), the gated MLP (``GATED``: a second weight and accumulator) and RMSNorm folded into
@@ -258,13 +258,15 @@ def _decode_cfg(bn, bk, warps, stages):
                          num_warps=warps, num_stages=stages)
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages). Checked with ptxas for sm_80 and sm_90a: no
-# spills in bf16/fp16/fp32 with every switch combination; the gated list drops the tiles that
-# spill or need over 200 registers with two accumulators and two weight streams.
+# (BLOCK_N, BLOCK_K, num_warps, num_stages). Checked with ptxas for sm_80 and sm_90a, M = 1
+# (a constant, as the JIT specialises it) and M = 16, fp16/bf16/fp32, every switch
+# combination: no spills, except the second gated entry, which spills a few bytes in fp32 on
+# sm_90a. ptxas spills a few bytes at 56-128 registers for tiles left out here (64x128x4w,
+# 128x64x8w, 64x64x6 stages for the plain kernel; 64x256 and 64x64 tiles for the gated one).
 _DECODE_TILES = {
-    1: [(64, 256, 4, 3), (64, 128, 4, 4), (32, 256, 4, 4), (128, 128, 4, 3), (32, 128, 4, 6),
-        (64, 64, 4, 6), (128, 64, 8, 4), (64, 256, 8, 4)],
-    2: [(64, 256, 4, 3), (64, 128, 4, 4), (32, 128, 4, 6), (64, 64, 8, 4), (32, 64, 4, 6)],
+    1: [(64, 256, 4, 3), (32, 256, 4, 4), (64, 128, 8, 4), (128, 128, 8, 3), (32, 128, 4, 6),
+        (64, 256, 8, 4)],
+    2: [(32, 128, 4, 6), (64, 128, 4, 4)],
 }
 
 
@@ -307,25 +309,74 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def gpu_k_split(M: int, N: int, K: int, sms: int) -> int:
+    """The K slice length on a GPU with ``sms`` SMs: one slice when the column tiles alone
+    reach the SM count, else enough slices for two programs per SM, but at most K / (32 M)
+    slices, which keeps the workspace traffic (8 S M N bytes) within 1/8 of a 16-bit
+    weight's (2 N K)."""
+    tiles = triton.cdiv(N, _NOMINAL_BLOCK_N) * triton.cdiv(M, 16)
+    split_k = 1 if tiles >= sms else min(triton.cdiv(2 * sms, tiles), max(1, K // (32 * M)))
+    return _slice(K, split_k, _K_GRAIN_GPU)
+
+
+def _slice(K: int, split_k: int, grain: int) -> int:
+    return max(grain, triton.cdiv(triton.cdiv(K, split_k), grain) * grain)
+
+
 def choose_k_split(M: int, N: int, K: int, device: torch.device,
                    split_k: int | None = None) -> int:
     """K elements per slice (a multiple of the K grain); the number of slices is
-    cdiv(K, result), at most ``split_k`` when given.
-
-    On CUDA without ``split_k``: one slice when the column tiles alone reach the SM count,
-    else enough slices for two programs per SM. Under the interpreter: a fixed split of 2.
-    """
+    cdiv(K, result), at most ``split_k`` when given. Without ``split_k``: ``gpu_k_split``
+    with the device's SM count on CUDA, a fixed split of 2 under the interpreter."""
     on_gpu = device.type == "cuda"
     grain = _K_GRAIN_GPU if on_gpu else _K_GRAIN_INTERPRETER
     if split_k is None:
-        if on_gpu:
-            tiles = triton.cdiv(N, _NOMINAL_BLOCK_N) * triton.cdiv(M, 16)
-            sms = _sm_count(device.index if device.index is not None else
-                            torch.cuda.current_device())
-            split_k = 1 if tiles >= sms else triton.cdiv(2 * sms, tiles)
-        else:
-            split_k = _INTERPRETER_SPLIT
-    return max(grain, triton.cdiv(triton.cdiv(K, split_k), grain) * grain)
+        if not on_gpu:
+            return _slice(K, _INTERPRETER_SPLIT, grain)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return gpu_k_split(M, N, K, _sm_count(index))
+    return _slice(K, split_k, grain)
+
+
+def compile_targets(name: str, dtype: torch.dtype, M: int, N: int, K: int, *,
+                    gated: bool = False, rms: bool = False, has_bias: bool = False,
+                    activation: str = "none", impls: tuple[str, ...] | None = None,
+                    sms: int = 132) -> list:
+    """``tritonlab inspect`` targets of the decode path for one launch: the split-K kernel as
+    a row-major x and an nn.Linear weight (N, K) launch it with the K split an H100 (132 SMs)
+    would use, plus the reduction kernel when that split has several slices."""
+    k_split = gpu_k_split(M, N, K, sms)
+    direct = k_split >= K
+    precision = precision_for(dtype, None)
+    values = dict(
+        M=M, N=N, K=K, K_SPLIT=k_split, eps=1e-5,
+        stride_am=K, stride_ak=1, stride_bk=1, stride_bn=K, stride_b2k=1, stride_b2n=K,
+        stride_nw=1, stride_bias=1, stride_om=N, stride_on=1,
+        # The direct launch passes a (1, 1, 1, 1) dummy workspace: unit strides.
+        stride_wa=1 if direct else triton.cdiv(K, k_split) * M * N,
+        stride_ws=1 if direct else M * N, stride_wm=1 if direct else N,
+        nw_ptr=dtype if rms else None, bias_ptr=dtype if has_bias else None,
+        ws_ptr=torch.float32, ss_ptr=torch.float32,
+        ACTIVATION=activation, GATED=gated, RMS=rms, HAS_BIAS=has_bias, DIRECT=direct,
+        INPUT_PRECISION=precision, USE_INT64=False,
+    )
+    tuned = _SPLITK_GATED if gated else _SPLITK
+    targets = [tuned.compile_target(name, dtype, values, impls=impls)]
+    if not direct:
+        from tritonlab.harness.inspect import CompileTarget
+
+        reduce_values = dict(
+            M=M, N=N, K=K, S=triton.cdiv(K, k_split), eps=1e-5,
+            stride_wa=values["stride_wa"], stride_ws=M * N, stride_wm=N,
+            stride_bias=1, stride_om=N, stride_on=1,
+            ws_ptr=torch.float32, ss_ptr=torch.float32,
+            bias_ptr=dtype if has_bias else None,
+            ACTIVATION=activation, GATED=gated, RMS=rms, HAS_BIAS=has_bias, USE_INT64=False,
+            BLOCK_M=_REDUCE_BLOCK_M, BLOCK_N=_REDUCE_BLOCK_N,
+        )
+        targets.append(CompileTarget(f"{name}_reduce", _splitk_reduce_kernel, dtype,
+                                     reduce_values, configs=[{"num_warps": 4}], impls=impls))
+    return targets
 
 
 def launch_splitk(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,

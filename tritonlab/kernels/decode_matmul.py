@@ -14,7 +14,7 @@ import torch
 
 from tritonlab.harness.spec import Impl, OpSpec, reduction_tolerance
 from tritonlab.kernels._gemm import precision_for
-from tritonlab.kernels._splitk import LAST, splitk_matmul
+from tritonlab.kernels._splitk import LAST, compile_targets, splitk_matmul
 from tritonlab.kernels.matmul import _MATMUL, matmul
 
 __all__ = ["SPEC"]
@@ -31,7 +31,7 @@ PRESETS = {
     # tiny: interpreter-sized and odd (K not a multiple of the K tile, N not of BLOCK_N).
     "tiny": [_shape(1, 130, 75), _shape(4, 96, 257), _shape(7, 64, 64), _shape(16, 200, 128)],
     "quick": [_shape(1, 4096, 4096), _shape(16, 4096, 4096), _shape(1, 14336, 4096),
-              _shape(1, 4096, 14336), _shape(16, 1024, 4096)],
+              _shape(1, 1024, 4096)],
     "llm": [_shape(m, n, k) for (k, n) in _LLAMA3_8B_KN for m in (1, 2, 4, 8, 16)],
 }
 
@@ -77,6 +77,14 @@ def _builder(fn):
     return build
 
 
+def _compile_targets(dtype):
+    """What ``tritonlab inspect`` compiles: split-K on a batch-1 attention projection
+    (4096 x 4096: 4 slices and the reduction on an H100) and on the MLP up-projection
+    (14336 x 4096: one slice, epilogue in place). The tiled kernel is ``matmul``'s."""
+    return (compile_targets("splitk", dtype, 1, 4096, 4096, impls=("triton",))
+            + compile_targets("splitk_direct", dtype, 1, 14336, 4096, impls=("triton",)))
+
+
 SPEC = OpSpec(
     name="decode_matmul",
     description="decode-sized y = x W^T (M = 1..16), split-K over the SMs",
@@ -99,4 +107,5 @@ SPEC = OpSpec(
     flops=flops,
     bytes=bytes_moved,
     tolerance=tolerance,
+    compile_targets=_compile_targets,
 )

@@ -40,6 +40,7 @@ from tritonlab.kernels._splitk import (
     check_eps,
     check_norm,
     check_weight,
+    compile_targets,
     fold_norm,
     fused_epilogue,
     launch_splitk,
@@ -231,8 +232,7 @@ def _shape(m, n, k):
 PRESETS = {
     # tiny: interpreter-sized and odd; M = 1 and 13 take the decode path, 37 and 70 the tiled.
     "tiny": [_shape(1, 96, 80), _shape(13, 130, 72), _shape(37, 83, 131), _shape(70, 64, 64)],
-    "quick": [_shape(1, 14336, 4096), _shape(16, 14336, 4096), _shape(512, 4096, 1024),
-              _shape(2048, 14336, 4096)],
+    "quick": [_shape(1, 14336, 4096), _shape(16, 14336, 4096), _shape(2048, 14336, 4096)],
     "llm": [_shape(m, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM) for m in DECODE_TOKENS + PREFILL_TOKENS],
 }
 
@@ -338,6 +338,18 @@ def _make_spec(rms: bool) -> OpSpec:
             compiled.append(compile_baseline(eager))
         return build_chain(compiled[0])(inputs, mode)
 
+    def targets(dtype):
+        """What ``tritonlab inspect`` compiles: the tiled kernel on a Llama-3-8B prefill
+        (8192 tokens, 4096 -> 14336) and the split-K kernel on its batch-1 decode."""
+        m, n, k = 8192, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM
+        tiled = _GATED.compile_target("tiled", dtype, dict(
+            M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_gn=k, stride_gk=1,
+            stride_un=k, stride_uk=1, stride_nw=1, stride_om=n, stride_on=1,
+            nw_ptr=dtype if rms else None, ACTIVATION="silu", RMS=rms,
+            INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
+        return [tiled] + compile_targets("decode", dtype, 1, n, k, gated=True, rms=rms,
+                                         activation="silu")
+
     what = "RMSNorm + gated up-projection" if rms else "gated up-projection"
     norm_note = " (model.rms_norm first)" if rms else ""
     return OpSpec(
@@ -363,6 +375,7 @@ def _make_spec(rms: bool) -> OpSpec:
         bytes=lambda shape, dtype, mode: _bytes(shape, dtype, mode, rms),
         unfused_bytes=lambda shape, dtype, mode: _unfused_bytes(shape, dtype, mode, rms),
         tolerance=tolerance,
+        compile_targets=targets,
     )
 
 

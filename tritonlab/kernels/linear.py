@@ -64,6 +64,7 @@ from tritonlab.kernels._gemm import (
     needs_int64,
     precision_for,
 )
+from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk
 
 __all__ = ["linear", "Linear", "SPECS"]
 
@@ -158,8 +159,9 @@ def _linear_fwd_kernel(
 
     Rows of X and columns of W^T past the edge are wrapped (``% M``, ``% N``) rather than
     masked: they read valid memory and only feed outputs that are never stored. The
-    epilogue runs on two column halves of the tile: the activation's temporaries for half a
-    tile fit in registers where a whole 128 x 256 tile's spill (compiled for sm_90a).
+    epilogue runs on four column quarters of the tile, one after the other: the activation's
+    (and its derivative's) temporaries for a quarter fit in registers, where those of a
+    whole or half 128 x 256 tile spill (tritonlab inspect, sm_90a, bf16).
     """
     pid = tl.program_id(0)
     pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -394,6 +396,8 @@ def _relabelled(names: dict[str, str]):
 _DX_NAMES = {"BLOCK_M": "BLOCK_M", "BLOCK_N": "BLOCK_K", "BLOCK_K": "BLOCK_N"}
 _DW_NAMES = {"BLOCK_M": "BLOCK_N", "BLOCK_N": "BLOCK_K", "BLOCK_K": "BLOCK_M"}
 
+# Which forward path ran last (tiled, or split-K for decode-sized M), for Impl.config().
+_FWD_LAST = LastConfig()
 _FWD = TunedKernel(
     _linear_fwd_kernel,
     key=["M", "N", "K", "stride_xk", "stride_wk", "ACTIVATION", "HAS_BIAS", "SAVE_DACT",
@@ -416,7 +420,8 @@ _DW = TunedKernel(
     interpreter_config=_relabel(INTERPRETER_CONFIG, _DW_NAMES),
     heuristics={"EVEN_M": lambda args: args["M"] % args["BLOCK_M"] == 0},
 )
-KERNELS = {"fwd": _FWD, "dx": _DX, "dw": _DW}
+# By the names of their compile targets (``tritonlab inspect``) and of Impl.config() keys.
+KERNELS = {"fwd": _FWD, "bwd_dx": _DX, "bwd_dw": _DW}
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -473,6 +478,12 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     y = torch.empty((*lead, n), dtype=x.dtype, device=x.device)
     y2 = y.view(m, n)
     d = torch.empty((m, n), dtype=x.dtype, device=x.device) if save_dact else None
+    if 0 < m <= DECODE_MAX_M and n > 0 and k > 0 and not save_dact and x.dtype != torch.float64:
+        # Decode-sized M: one program per column tile would leave most SMs idle, so split K.
+        # (The reshape copies x only when its leading dims cannot be viewed: at most 16 rows.)
+        _FWD_LAST.value = launch_splitk(x.reshape(m, k), weight.t(), y2, bias=bias,
+                                        activation=activation, precision=precision)
+        return y, d
     if m > 0 and n > 0:
         xr, (m_inner, stride_xo, stride_xm, split) = _rows_of(x)
         _FWD.launch(
@@ -488,6 +499,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             SPLIT_ROWS=split, INPUT_PRECISION=precision,
             USE_INT64=needs_int64(xr, weight, y2), ACC_DTYPE=_acc_dtype(x.dtype),
         )
+        _FWD_LAST.tiled(_FWD)
     return y, d
 
 
@@ -662,7 +674,8 @@ def _shape(m, n, k):
 PRESETS = {
     # tiny: interpreter-sized and odd, so every edge mask of the three kernels is exercised.
     "tiny": [_shape(64, 64, 64), _shape(97, 83, 131), _shape(1, 130, 75), _shape(150, 96, 40)],
-    "quick": [_shape(2048, 2048, 2048), _shape(4096, 14336, 4096), _shape(16, 4096, 4096)],
+    # quick: one training-sized Llama-3-8B up-projection and one decode-sized shape.
+    "quick": [_shape(4096, 14336, 4096), _shape(16, 4096, 4096)],
     "square": [_shape(s, s, s) for s in (512, 1024, 2048, 4096, 8192)],
     # llm: Llama-3-8B MLP projections; M = 2048..16384 tokens for training, 1..16 for decode.
     "llm": [_shape(m, n, k) for m in (1, 8, 16, 2048, 4096, 8192, 16384)
@@ -695,15 +708,15 @@ def _operands(inputs, mode):
     return (*ops, tuple(t for t in ops if t is not None))
 
 
-def _builder(forward, modes_setup=None):
+def _builder(forward, on_build=None):
     """An Impl.build from ``forward(x, weight, bias) -> y`` with autograd: fwd returns (y,),
     bwd runs the backward of a forward done here (retain_graph, so run() repeats), fwd_bwd
     both, infer the forward under torch.inference_mode."""
     def build(inputs, mode):
         x, w, b, leaves = _operands(inputs, mode)
         grad = inputs["grad"]
-        if modes_setup is not None:
-            modes_setup(mode)
+        if on_build is not None:
+            on_build(mode)
         if mode == "infer":
             def run():
                 with torch.inference_mode():
@@ -745,12 +758,16 @@ def _compiled(activation):
 
 def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> OpSpec:
     saves_d = activation in SAVES_DACT
-    used = {"fwd": ("fwd",), "infer": ("fwd",), "bwd": ("dx", "dw"),
-            "fwd_bwd": ("fwd", "dx", "dw")}
+    # Impl.config(): the last launch config of each kernel the built mode runs, keyed by its
+    # compile target's name (the infer forward has its own target where it stores no D).
+    used = {"fwd": {"fwd": _FWD}, "infer": {"infer" if saves_d else "fwd": _FWD},
+            "bwd": {"bwd_dx": _DX, "bwd_dw": _DW},
+            "fwd_bwd": {"fwd": _FWD, "bwd_dx": _DX, "bwd_dw": _DW}}
     last_mode: list[str] = ["fwd"]
 
     def config():
-        cfgs = {k: KERNELS[k].last_config for k in used[last_mode[0]]}
+        cfgs = {target: (_FWD_LAST() if k is _FWD else k.last_config)
+                for target, k in used[last_mode[0]].items()}
         return cfgs if any(v is not None for v in cfgs.values()) else None
 
     def remember(mode):
@@ -782,7 +799,7 @@ def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> 
         the saved D = act'(Z) (GELU/SiLU; ReLU reuses y). bwd: read G, D or y (when there is
         an activation), W and x; write dx, dW, db. fwd_bwd: fwd + bwd (x and W are read in
         both phases, as in training)."""
-        s = torch.empty((), dtype=dtype).element_size()
+        s = dtype.itemsize
         m, n, k = shape["M"], shape["N"], shape["K"]
         nb = n if has_bias else 0
         infer = m * k + n * k + nb + m * n
@@ -794,7 +811,7 @@ def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> 
         """The eager chain's traffic, each kernel's own compulsory bytes summed: F.linear
         (x, W, b -> Z), the activation (Z -> y); backward: the activation's backward
         (G, Z -> G'), two GEMMs each reading G', and a column sum of G' for db."""
-        s = torch.empty((), dtype=dtype).element_size()
+        s = dtype.itemsize
         m, n, k = shape["M"], shape["N"], shape["K"]
         nb = n if has_bias else 0
         act = activation != "none"
@@ -834,14 +851,13 @@ def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> 
         ]
         return targets
 
-    bias_arg = (lambda b: b) if has_bias else (lambda b: None)
     impls = [
         Impl("triton", "triton",
-             _builder(lambda x, w, b: linear(x, w, bias_arg(b), activation), remember),
+             _builder(lambda x, w, b: linear(x, w, b, activation), remember),
              "fused Triton kernels: GEMM+bias+act forward; act' fused into the dX and dW "
              "GEMMs, db from the dW pass", config=config),
         Impl("torch", "baseline",
-             _builder(lambda x, w, b: _eager(x, w, bias_arg(b), activation)),
+             _builder(lambda x, w, b: _eager(x, w, b, activation)),
              "eager F.linear + activation, torch autograd"),
         Impl("torch_compile", "baseline",
              lambda inputs, mode: _builder(_compiled(activation))(inputs, mode),
@@ -883,8 +899,8 @@ def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> 
 
 VARIANTS = {
     "linear": ("gelu", True, "y = gelu(x W^T + b), erf GELU: trainable Linear+GELU"),
-    "linear_gelu_tanh": ("gelu_tanh", True, "y = gelu_tanh(x W^T + b): trainable Linear+GELU "
-                         "(tanh approximation, as cuBLASLt's epilogue)"),
+    "linear_gelu_tanh": ("gelu_tanh", True,
+                         "y = gelu_tanh(x W^T + b): trainable Linear+GELU, cuBLASLt's tanh form"),
     "linear_relu": ("relu", True, "y = relu(x W^T + b): trainable Linear+ReLU"),
     "linear_silu": ("silu", True, "y = silu(x W^T + b): trainable Linear+SiLU"),
     "linear_plain": ("none", False, "y = x W^T: trainable Linear, no bias, no activation"),

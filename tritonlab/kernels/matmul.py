@@ -8,6 +8,8 @@ addressing switched on only for tensors whose offsets overflow int32.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -22,7 +24,8 @@ from tritonlab.kernels._gemm import (
     needs_int64,
     precision_for,
 )
-from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk
+from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk
+from tritonlab.kernels._splitk import compile_targets as splitk_targets
 
 __all__ = ["matmul", "SPEC"]
 
@@ -105,6 +108,9 @@ _MATMUL = TunedKernel(
 )
 
 
+_LAST = LastConfig()
+
+
 def _grid(M: int, N: int):
     return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
@@ -141,7 +147,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
     if K == 0:
         return out.zero_()
     if (M <= DECODE_MAX_M) if splitk is None else splitk:
-        launch_splitk(a, b, out, precision=precision)
+        _LAST.value = launch_splitk(a, b, out, precision=precision)
         return out
     _MATMUL.launch(
         _grid(M, N), a.dtype,
@@ -149,6 +155,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         INPUT_PRECISION=precision, USE_INT64=needs_int64(a, b, out),
     )
+    _LAST.tiled(_MATMUL)
     return out
 
 
@@ -215,12 +222,17 @@ def _build_torch(inputs, mode):
 
 
 def compile_targets(dtype):
-    """What ``tritonlab inspect`` compiles: the kernel as launched on a row-major 4096^3
-    problem (unit strides become constants, as Triton's JIT specialises them)."""
+    """What ``tritonlab inspect`` compiles: the tiled kernel as launched on a row-major 4096^3
+    problem (unit strides become constants, as Triton's JIT specialises them), and the
+    split-K decode path that M <= DECODE_MAX_M takes, at M = 16 with the same row-major B."""
     n = 4096
-    return [_MATMUL.compile_target("fwd", dtype, dict(
+    tiled = _MATMUL.compile_target("fwd", dtype, dict(
         M=n, N=n, K=n, stride_am=n, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n,
-        stride_cn=1, INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))]
+        stride_cn=1, INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
+    partial, *reduce = splitk_targets("decode", dtype, DECODE_MAX_M, n, n)
+    row_major_b = dict(stride_bk=n, stride_bn=1, stride_b2k=n, stride_b2n=1)
+    return [tiled, dataclasses.replace(partial, values={**partial.values, **row_major_b}),
+            *reduce]
 
 
 SPEC = OpSpec(
@@ -230,7 +242,7 @@ SPEC = OpSpec(
     presets=PRESETS,
     impls=(
         Impl("triton", "triton", _build_triton, "tiled Triton GEMM, grouped ordering, autotuned",
-             config=lambda: _MATMUL.last_config),
+             config=_LAST),
         Impl("torch", "baseline", _build_torch, "torch.matmul (cuBLAS on CUDA)"),
     ),
     modes=("fwd", "infer"),

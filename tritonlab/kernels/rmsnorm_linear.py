@@ -42,6 +42,7 @@ from tritonlab.kernels._splitk import (
     as_rows,
     check_norm,
     check_weight,
+    compile_targets,
     fold_norm,
     fused_epilogue,
     launch_splitk,
@@ -189,8 +190,7 @@ def _shape(m, n, k):
 PRESETS = {
     # tiny: interpreter-sized and odd; M = 1 and 9 take the decode path, 33 and 64 the tiled.
     "tiny": [_shape(1, 100, 96), _shape(9, 130, 75), _shape(33, 83, 131), _shape(64, 64, 64)],
-    "quick": [_shape(1, 14336, 4096), _shape(16, 4096, 4096), _shape(512, 4096, 4096),
-              _shape(2048, 14336, 4096)],
+    "quick": [_shape(1, 14336, 4096), _shape(16, 6144, 4096), _shape(2048, 14336, 4096)],
     # llm: the norm in front of Llama-3-8B's MLP up-projection (4096 -> 14336) and in front of
     # its fused q/k/v projection (4096 -> 4096 + 2 * 1024).
     "llm": [_shape(m, n, LLAMA3_8B_DIM) for n in (LLAMA3_8B_HIDDEN, 6144)
@@ -299,6 +299,18 @@ def _build_compiled(inputs, mode):
     return _chain_builder(_compiled[0])(inputs, mode)
 
 
+def _compile_targets(dtype):
+    """What ``tritonlab inspect`` compiles: the tiled kernel on a Llama-3-8B prefill (8192
+    tokens, 4096 -> 14336), and split-K on the fused q/k/v projection at batch 1 (4096 ->
+    6144: three K slices and the reduction with the RMS row scale on an H100)."""
+    m, n, k = 8192, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM
+    tiled = _RMSNORM_LINEAR.compile_target("tiled", dtype, dict(
+        M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_nw=1, stride_wn=k,
+        stride_wk=1, stride_bias=1, stride_om=n, stride_on=1, bias_ptr=None, HAS_BIAS=False,
+        INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
+    return [tiled] + compile_targets("decode", dtype, 1, 6144, k, rms=True)
+
+
 SPEC = OpSpec(
     name="rmsnorm_linear",
     description="RMSNorm(x) W^T with the norm folded into the GEMM (inference)",
@@ -320,4 +332,5 @@ SPEC = OpSpec(
     bytes=bytes_moved,
     unfused_bytes=unfused_bytes,
     tolerance=tolerance,
+    compile_targets=_compile_targets,
 )
