@@ -117,7 +117,7 @@ def test_parse_config():
 def test_specialisation_follows_the_jit():
     """Unit strides become constants, multiples of 16 are marked divisible, pointers take
     the op's dtype, and the EVEN_K heuristic sees the config's BLOCK_K."""
-    (target,) = registry.discover()["matmul"].compile_targets(torch.bfloat16)
+    target = registry.discover()["matmul"].compile_targets(torch.bfloat16)[0]  # tiled
     cfg = target.configs_for(insp.parse_arch("sm_90a"))[0]
     spec = target.specialise(cfg)
     sig = spec["signature"]
@@ -390,8 +390,9 @@ def test_static_facts_for_the_sweep(inspected):
         == row["registers"]
     assert "not a Triton impl" in insp.static_facts("matmul", "torch", None, torch.float16,
                                                     "sm_90a")["error"]
-    assert insp.static_facts("matmul", "triton", {"NOPE": 1}, torch.float16,
-                             "sm_90a")["error"].startswith("no compile target")
+    # GROUP_M is the tiled kernel's, ACTIVATION the split-K kernels': no kernel takes both.
+    assert insp.static_facts("matmul", "triton", {"GROUP_M": 8, "ACTIVATION": "none"},
+                             torch.float16, "sm_90a")["error"].startswith("no compile target")
     assert "unsupported architecture" in insp.static_facts("matmul", "triton", None,
                                                            torch.float16, "sm_70")["error"]
 
@@ -439,7 +440,7 @@ def _invoke(*args):
     (("inspect", "matmul", "--arch", "sm_70"), "supported: sm_80, sm_86, sm_89, sm_90a"),
     (("inspect", "nosuchop"), "valid ops:"),
     (("inspect", "matmul", "--config", "BLOCK_M"), "expected KEY=VALUE"),
-    (("inspect", "matmul", "--config", "BLOCK_Q=64"), "valid keys: BLOCK_K, BLOCK_M"),
+    (("inspect", "matmul", "--config", "BLOCK_Q=64"), "match no kernel argument; valid keys:"),
     (("inspect", "matmul", "--dtype", "int8"), "Invalid value for '--dtype'"),
 ])
 def test_bad_input_exits_2(args, message):

@@ -264,7 +264,7 @@ def _decode_cfg(bn, bk, warps, stages):
 # sm_90a. ptxas spills a few bytes at 56-128 registers for tiles left out here (64x128x4w,
 # 128x64x8w, 64x64x6 stages for the plain kernel; 64x256 and 64x64 tiles for the gated one).
 _DECODE_TILES = {
-    1: [(64, 256, 4, 3), (32, 256, 4, 4), (64, 128, 8, 4), (128, 128, 8, 3), (32, 128, 4, 6),
+    1: [(64, 256, 4, 3), (32, 256, 8, 4), (64, 128, 8, 4), (128, 128, 8, 3), (32, 128, 4, 6),
         (64, 256, 8, 4)],
     2: [(32, 128, 4, 6), (64, 128, 4, 4)],
 }
