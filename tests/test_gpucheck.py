@@ -82,16 +82,21 @@ def test_all_passing_steps_pass(tmp_path):
 
 def test_default_steps_fit_eight_minutes_and_run_the_right_commands(tmp_path):
     names = [s.name for s in gpucheck.STEPS]
-    assert names[:3] == ["nvidia-smi", "pytest-gpu", "sweep-quick"]
+    assert names == ["nvidia-smi", "pytest-gpu", "sweep-quick", "contrast", "report"]
     assert sum(s.budget_s for s in gpucheck.STEPS) <= gpucheck.TOTAL_BUDGET_S <= 480
     pytest_argv = gpucheck.STEPS[1].argv(tmp_path)
-    assert pytest_argv[:3] == [sys.executable, "-m", "pytest"]
+    assert pytest_argv[:5] == ["env", "TRITONLAB_AUTOTUNE=0", sys.executable, "-m", "pytest"]
     assert "-m" in pytest_argv[3:] and "gpu" in pytest_argv
     assert f"--junitxml={tmp_path / 'pytest-gpu.xml'}" in pytest_argv
     sweep_argv = gpucheck.STEPS[2].argv(tmp_path)
     assert sweep_argv[1:3] == ["-m", "tritonlab.cli"]
-    assert ["--backend", "cuda", "sweep", "--preset", "quick"] == sweep_argv[3:8]
+    assert ["--backend", "cuda", "sweep"] == sweep_argv[3:6]
+    assert sweep_argv[sweep_argv.index("--preset") + 1] == "quick"
     assert sweep_argv[sweep_argv.index("--out") + 1] == str(tmp_path / "sweep-quick")
+    contrast_argv = gpucheck.STEPS[3].argv(tmp_path)
+    assert contrast_argv[3:6] == ["--backend", "cuda", "contrast"]
+    report_argv = gpucheck.STEPS[4].argv(tmp_path)
+    assert report_argv[6:8] == [str(tmp_path / "sweep-quick"), str(tmp_path / "contrast")]
 
 
 def _junit(path, tests, failures=0, errors=0, skipped=0):
@@ -140,3 +145,21 @@ def test_main_lists_steps_rejects_unknown_ones_and_records_a_missing_gpu(tmp_pat
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert [s["name"] for s in summary["steps"]] == ["nvidia-smi"]
     assert rc == (0 if summary["passed"] else 1)
+
+
+def test_contrast_and_report_verifiers(tmp_path):
+    contrast_verify, report_verify = gpucheck.STEPS[3].verify, gpucheck.STEPS[4].verify
+    (tmp_path / "contrast").mkdir()
+    doc = {"phases": [{"name": "train/triton/b1"}, {"name": "infer/triton/b1"}],
+           "verdict": {"summary": "x"}}
+    (tmp_path / "contrast" / "contrast.json").write_text(json.dumps(doc))
+    assert contrast_verify(tmp_path)[0] is True
+    doc["phases"][1]["error"] = "OOM"
+    (tmp_path / "contrast" / "contrast.json").write_text(json.dumps(doc))
+    ok, details = contrast_verify(tmp_path)
+    assert ok is False and details["failed"] == ["infer/triton/b1"]
+    assert report_verify(tmp_path)[0] is False
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "index.html").write_text("<html></html>")
+    (tmp_path / "report" / "report.md").write_text("# r")
+    assert report_verify(tmp_path)[0] is True

@@ -207,23 +207,64 @@ def _verify_sweep(out: Path) -> tuple[bool, dict]:
     return bool(ok), details
 
 
+def _verify_contrast(out: Path) -> tuple[bool, dict]:
+    doc = json.loads((out / "contrast" / "contrast.json").read_text())
+    phases = doc.get("phases") or []
+    failed = [p.get("name") for p in phases if p.get("error")]
+    details = {"phases": len(phases), "failed": failed, "verdict": doc.get("verdict")}
+    return bool(phases) and not failed, details
+
+
+def _verify_report(out: Path) -> tuple[bool, dict]:
+    html = out / "report" / "index.html"
+    return html.exists() and (out / "report" / "report.md").exists(), {"index": str(html)}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tritonlab.cli", "--backend", "cuda", *args]
+
+
 def _pytest_argv(out: Path) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
-            f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
+    # The tests check correctness, not speed: one config per kernel keeps them in budget
+    # (the autotune machinery has tests of its own that switch it back on).
+    return ["env", "TRITONLAB_AUTOTUNE=0", sys.executable, "-m", "pytest", "-m", "gpu", "-q",
+            "-rs", "-p", "no:cacheprovider", f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
+
+
+# The sweep of the check: every op family at the quick preset in bf16, the lab's kernels
+# against eager torch / cuBLAS. torch.compile baselines (a compile per shape) do not fit the
+# check's 8 minutes: measure them with `tritonlab sweep OP --impl torch_compile ...`.
+SWEEP_OPS = ("matmul", "linear", "gated_mlp", "rmsnorm_linear", "decode_matmul")
 
 
 def _sweep_argv(out: Path) -> list[str]:
-    return [sys.executable, "-m", "tritonlab.cli", "--backend", "cuda", "sweep",
-            "--preset", "quick", "--budget", "0.5", "--out", str(out / "sweep-quick"), "--json"]
+    return _cli("sweep", *SWEEP_OPS, "--preset", "quick", "--dtype", "bfloat16",
+                "--impl", "triton", "--impl", "torch", "--budget", "0.3",
+                "--out", str(out / "sweep-quick"), "--json")
+
+
+def _contrast_argv(out: Path) -> list[str]:
+    return _cli("contrast", "--model-size", "large", "--batch", "1", "--batch", "256",
+                "--batch", "4096", "--duration", "3", "--warmup", "1", "--idle", "3",
+                "--cooldown", "1", "--out", str(out / "contrast"), "--json")
+
+
+def _report_argv(out: Path) -> list[str]:
+    return _cli("report", str(out / "sweep-quick"), str(out / "contrast"),
+                "-o", str(out / "report"))
 
 
 STEPS: list[Step] = [
-    Step("nvidia-smi", 15, lambda out: ["nvidia-smi"], "the GPU, driver and clocks"),
-    Step("pytest-gpu", 190, _pytest_argv,
+    Step("nvidia-smi", 10, lambda out: ["nvidia-smi"], "the GPU, driver and clocks"),
+    Step("pytest-gpu", 150, _pytest_argv,
          "pytest -m gpu: compiled kernels incl. bfloat16, autotune, CUDA timer, sweep on CUDA",
          _verify_pytest),
-    Step("sweep-quick", 240, _sweep_argv, "a quick sweep of every op into sweep-quick/",
-         _verify_sweep),
+    Step("sweep-quick", 175, _sweep_argv, "a quick bf16 sweep of every op family into "
+         "sweep-quick/", _verify_sweep),
+    Step("contrast", 90, _contrast_argv, "a short training-vs-inference contrast (Llama-3-8B "
+         "FFN) into contrast/", _verify_contrast),
+    Step("report", 30, _report_argv, "the report of the sweep and the contrast into report/",
+         _verify_report),
 ]
 
 

@@ -14,7 +14,8 @@ Extension point: :data:`POINT_HOOKS` (or ``hooks=`` of :func:`run_sweep`) holds 
 ``hook(op, impl, row, run) -> dict | None`` called for every row before it is written, with
 the row so far and the built callable (None when the implementation was not timed); the
 dict they return is merged into the row. A hook that raises is recorded in the row's
-``hook_errors`` and the sweep goes on.
+``hook_errors`` and the sweep goes on. On a GPU, :func:`sweep` adds the hooks of
+:mod:`tritonlab.harness.point_hooks` (static compile facts and a counter summary per point).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tritonlab.harness import backend as backend_mod
 from tritonlab.harness import check, registry, roofline
 from tritonlab.harness.errors import UsageError
 from tritonlab.harness.output import fmt_num, info, table
+from tritonlab.harness.point_hooks import gpu_point_hooks
 from tritonlab.harness.runstore import (
     SCHEMA_VERSION,
     RunDir,
@@ -504,7 +506,10 @@ def sweep(points: Sequence[Point], out: Path, *, resume: bool, options: SweepOpt
                            seed=options.seed)
     run = open_run(Path(out), resume=resume, be=be, argv=argv, selection=selection,
                    options=options, timer=timer)
-    return run_sweep(points, run, timer, options, hooks=hooks, progress=progress, notes=notes)
+    with gpu_point_hooks(run.path) as gpu_hooks:
+        all_hooks = [*(POINT_HOOKS if hooks is None else hooks), *gpu_hooks]
+        return run_sweep(points, run, timer, options, hooks=all_hooks, progress=progress,
+                         notes=notes)
 
 
 # ------------------------------------------------------------------------------- printing
