@@ -66,7 +66,8 @@ def test_spec_rejects_inconsistent_declarations():
 def test_tolerance_grows_with_reduction_length_and_dtype():
     assert reduction_tolerance(torch.float16, 4096).rel_fro > reduction_tolerance(torch.float16, 16).rel_fro
     assert reduction_tolerance(torch.bfloat16, 64).rel_fro > reduction_tolerance(torch.float16, 64).rel_fro
-    assert reduction_tolerance(torch.float32, 64, tf32=True).rel_fro > reduction_tolerance(torch.float32, 64).rel_fro
+    tf32 = reduction_tolerance(torch.float32, 64, tf32=True)
+    assert tf32.rel_fro > reduction_tolerance(torch.float32, 64).rel_fro
 
 
 def test_backend_is_interpreter_without_gpu_and_cuda_cannot_be_forced():

@@ -39,6 +39,31 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     return pid_m, pid_n
 
 
+@triton.jit
+def tile_offsets(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, USE_INT64: tl.constexpr):
+    """The index vectors of program ``pid``'s output tile (ordered by :func:`grouped_tile`).
+
+    Returns (offs_m, offs_n, rows, cols, offs_k): offs_m (BLOCK_M,) and offs_n (BLOCK_N,) are
+    the tile's int32 row and column indices, for the store mask; rows = offs_m % M and
+    cols = offs_n % N are the indices to *load* with: rows/columns past the edge wrap onto
+    valid memory, so operand loads need no M/N mask, and what they compute lands only in
+    outputs that are never stored. offs_k = arange(BLOCK_K). With USE_INT64, rows, cols and
+    offs_k are int64 so that index * stride cannot overflow.
+    """
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_m % M
+    cols = offs_n % N
+    if USE_INT64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+    return offs_m, offs_n, rows, cols, offs_k
+
+
 def _cfg(bm, bn, bk, stages, warps, group=8, **extra) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, **extra},
                          num_stages=stages, num_warps=warps)

@@ -29,9 +29,9 @@ from tritonlab.kernels._gemm import (
     TunedKernel,
     _cfg,
     compile_baseline,
-    grouped_tile,
     needs_int64,
     precision_for,
+    tile_offsets,
 )
 from tritonlab.kernels._splitk import (
     DECODE_MAX_M,
@@ -79,16 +79,8 @@ def _gated_mlp_kernel(
     tile once; out-of-range rows/columns wrap (% M, % N) and are never stored.
     """
     pid = tl.program_id(0)
-    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = offs_m % M
-    cols = offs_n % N
-    if USE_INT64:
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)
+    offs_m, offs_n, rows, cols, offs_k = tile_offsets(pid, M, N, BLOCK_M, BLOCK_N, BLOCK_K,
+                                                      GROUP_M, USE_INT64)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
     g_ptrs = wg_ptr + offs_k[:, None] * stride_gk + cols[None, :] * stride_gn
     u_ptrs = wu_ptr + offs_k[:, None] * stride_uk + cols[None, :] * stride_un

@@ -59,6 +59,7 @@ from tritonlab.kernels._gemm import (
     TunedKernel,
     check_operand,
     check_same,
+    compile_baseline,
     gemm_configs,
     grouped_tile,
     needs_int64,
@@ -742,17 +743,8 @@ def _eager(x, w, b, activation):
 
 
 def _compiled(activation):
-    """torch.compile of the eager chain, specialised per shape (dynamic=False), as a user
-    benchmarking fixed shapes would. Every point of a sweep is one more specialisation of the
-    same code object; past dynamo's recompile limit (8 by default) it would silently run
-    eager, so the limit is raised."""
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 1024))
-    if hasattr(cfg, "accumulated_recompile_limit"):
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
-    fn = torch.compile(_eager, dynamic=False)
+    """torch.compile of the eager chain (see :func:`._gemm.compile_baseline`)."""
+    fn = compile_baseline(_eager)
     return lambda x, w, b: fn(x, w, b, activation)
 
 

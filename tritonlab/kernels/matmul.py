@@ -20,9 +20,9 @@ from tritonlab.kernels._gemm import (
     check_operand,
     check_same,
     gemm_configs,
-    grouped_tile,
     needs_int64,
     precision_for,
+    tile_offsets,
 )
 from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk
 from tritonlab.kernels._splitk import compile_targets as splitk_targets
@@ -58,16 +58,8 @@ def _matmul_fwd_kernel(
     stored, which keeps the loads unmasked and vectorisable. Accumulates in fp32.
     """
     pid = tl.program_id(0)
-    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = offs_m % M
-    cols = offs_n % N
-    if USE_INT64:
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)
+    offs_m, offs_n, rows, cols, offs_k = tile_offsets(pid, M, N, BLOCK_M, BLOCK_N, BLOCK_K,
+                                                      GROUP_M, USE_INT64)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
     if USE_INT64:
