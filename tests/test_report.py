@@ -218,6 +218,22 @@ def test_static_facts_and_fused_points(sweep_run, tmp_path):
     assert "## Static compile facts" in md and "HGMMA.64x128x16.F32:8" in md
 
 
+def test_static_facts_of_ops_with_one_config_per_kernel(sweep_run, tmp_path):
+    """linear records {target: static_facts} (fwd, bwd_dx, bwd_dw): one table row each."""
+    def add(row):
+        if row["impl"] == "triton":
+            row["static"] = {t: {"arch": "sm_80", "kernel": f"_k_{t}", "registers": regs,
+                                 "spill_stores": 0, "tensor_core": {"HMMA.16816.F32": 4}}
+                             for t, regs in (("fwd", 111), ("bwd_dx", 122), ("bwd_dw", 133))}
+
+    run = _copy_run(sweep_run, tmp_path / "static", add)
+    md = report.write_report([run], tmp_path / "rep").markdown.read_text()
+    section = md.split("## Static compile facts", 1)[1]
+    for kernel, regs in (("_k_fwd", 111), ("_k_bwd_dx", 122), ("_k_bwd_dw", 133)):
+        line = next(ln for ln in section.splitlines() if kernel in ln)
+        assert str(regs) in line and "sm_80" in line
+
+
 def test_failed_points_leave_no_plot_but_a_message(sweep_run, tmp_path):
     def fail(row):
         row.update(error="compile error: out of resources", tflops=None, speedup=None,

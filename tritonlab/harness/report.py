@@ -639,24 +639,32 @@ _STATIC_FIELDS = ("registers", "spill_stores", "spill_loads", "smem_bytes", "thr
                   "blocks_per_sm", "occupancy", "occupancy_limiter", "tensor_core", "error")
 
 
+def _static_groups(static) -> list[Mapping]:
+    """A row's ``static`` as a list of static_facts results: one for an op with one config,
+    one per kernel for ops that record ``{target: facts}`` (linear's fwd, bwd_dx, bwd_dw)."""
+    if not isinstance(static, Mapping) or not static:
+        return []
+    if "arch" not in static and all(isinstance(v, Mapping) for v in static.values()):
+        return list(static.values())
+    return [static]
+
+
 def _static(runs: list[Run]) -> list:
     """One row per (run, op, impl, dtype, shape) kernel whose row carries a ``static`` object."""
     table = []
     for run in runs:
         for r in run.rows:
-            facts = r.get("static")
-            if not isinstance(facts, Mapping):
-                continue
-            kernels = [k for k in facts.get("kernels") or [] if isinstance(k, Mapping)]
-            for k in kernels or [facts]:
-                tc = k.get("tensor_core")
-                tc_text = (" ".join(f"{op}:{n}" for op, n in tc.items()) if
-                           isinstance(tc, Mapping) else tc) or "-"
-                table.append([run.label, r.get("op"), r.get("impl"), r.get("dtype"),
-                              roofline.shape_label(r.get("shape")), facts.get("arch"),
-                              k.get("kernel"),
-                              *[tc_text if f == "tensor_core" else k.get(f)
-                                for f in _STATIC_FIELDS]])
+            for facts in _static_groups(r.get("static")):
+                kernels = [k for k in facts.get("kernels") or [] if isinstance(k, Mapping)]
+                for k in kernels or [facts]:
+                    tc = k.get("tensor_core")
+                    tc_text = (" ".join(f"{op}:{n}" for op, n in tc.items()) if
+                               isinstance(tc, Mapping) else tc) or "-"
+                    table.append([run.label, r.get("op"), r.get("impl"), r.get("dtype"),
+                                  roofline.shape_label(r.get("shape")), facts.get("arch"),
+                                  k.get("kernel"),
+                                  *[tc_text if f == "tensor_core" else k.get(f)
+                                    for f in _STATIC_FIELDS]])
     if not table:
         return []
     unique = list(dict.fromkeys(tuple(map(_cell, row)) for row in table))

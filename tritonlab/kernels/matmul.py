@@ -63,8 +63,8 @@ def _matmul_fwd_kernel(
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
     if USE_INT64:
-        a_step = stride_ak.to(tl.int64) * BLOCK_K
-        b_step = stride_bk.to(tl.int64) * BLOCK_K
+        a_step = tl.cast(stride_ak, tl.int64) * BLOCK_K
+        b_step = tl.cast(stride_bk, tl.int64) * BLOCK_K
     else:
         a_step = stride_ak * BLOCK_K
         b_step = stride_bk * BLOCK_K
