@@ -73,8 +73,9 @@ def test_energy_column_moves_only_with_the_counter_updates(nvml):
     assert energy == sorted(energy) and energy[-1] > 0
     changes = [t for t, a, b in zip(ts[1:], energy, energy[1:]) if b != a]
     assert len(changes) >= 4
-    # Between two updates the counter reads the same value for ~100 ms (5 samples of 20 ms).
-    assert min(np.diff(changes)) > 0.06
+    # Between two updates the counter reads the same value for ~100 ms (5 samples of 20 ms):
+    # it changes at most once per 100 ms boundary crossed, however late a sample comes.
+    assert len(changes) <= (ts[-1] - ts[0]) / 0.1 + 1 < len(ts) / 2
     # Each step is 100 ms of 250 W = 25 J.
     steps = {round(b - a, 3) for a, b in zip(energy, energy[1:]) if b != a}
     assert all(abs(d - 25.0) < 0.5 or abs(d - 50.0) < 0.5 for d in steps), steps

@@ -45,8 +45,14 @@ def test_static_hook_handles_one_config_per_kernel():
     static = static_hook((8, 0))(op, impl, {"dtype": "float16", "config": config},
                                  run=lambda: None)["static"]
     assert set(static) == set(config)
+    kernels = {"fwd": "_linear_fwd_kernel", "bwd_dx": "_linear_dx_kernel",
+               "bwd_dw": "_linear_dw_kernel"}
     for target, facts in static.items():
         assert facts["arch"] == "sm_80" and facts["registers"] > 0, (target, facts)
+        # each entry is the facts of its own kernel, not of another taking the same keys
+        assert facts["target"] == target and [k["target"] for k in facts["kernels"]] == [target]
+        assert facts["kernel"] == kernels[target]
+        assert facts["smem_bytes"] <= 164 * 1024  # fits an A100: the right config was used
     json.dumps(static)
 
 

@@ -238,7 +238,9 @@ SWEEP_OPS = ("matmul", "linear", "gated_mlp", "rmsnorm_linear", "decode_matmul")
 
 
 def _sweep_argv(out: Path) -> list[str]:
+    # matmul's fwd is its infer (same kernel), and linear's fwd is inside its fwd_bwd.
     return _cli("sweep", *SWEEP_OPS, "--preset", "quick", "--dtype", "bfloat16",
+                "--mode", "infer", "--mode", "fwd_bwd", "--mode", "bwd",
                 "--impl", "triton", "--impl", "torch", "--budget", "0.3",
                 "--out", str(out / "sweep-quick"), "--json")
 

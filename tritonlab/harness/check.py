@@ -117,7 +117,7 @@ def check_case(op: OpSpec, impl: Impl, mode: str, dtype: torch.dtype, shape: Sha
         inputs = op.make_inputs(shape, dtype, be.device, seed)
         out = run_poisoned(impl, inputs, mode)
         ref = op.reference(op.make_inputs(shape, dtype, be.device, seed), mode)
-    except (RuntimeError, ValueError, TypeError) as exc:  # compile errors, OOM, bad launch
+    except Exception as exc:  # compile errors (CompilationError, OutOfResources), OOM, bad launch
         result.correct = False
         result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return result

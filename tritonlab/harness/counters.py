@@ -165,7 +165,13 @@ class NvmlBackend:
         # The energy column counts from the sampler's start; probe the reader from 0 first.
         self._energy0 = 0.0
         self._groups = self._probe(self._reader_groups())
-        self._energy0 = self.energy_counter_j()
+        energy0 = self.energy_counter_j()
+        if energy0 is None and "energy_j" not in self.unavailable:
+            # It answered the probe but not now: drop the column rather than let every later
+            # read fail in the sampling thread.
+            self.unavailable["energy_j"] = "the energy counter could not be read at start"
+            self._groups = [g for g in self._groups if "energy_j" not in g[0]]
+        self._energy0 = energy0 or 0.0
         self._gpm_setup()
 
     def _reader_groups(self):

@@ -30,8 +30,20 @@ COUNTER_WINDOW_S = 0.25
 def static_hook(arch: tuple[int, int]):
     """``hook(op, impl, row, run)`` adding ``{"static": ...}`` to each Triton row. Ops that
     report one config per kernel (``{target: config}``, e.g. linear) get one entry per
-    kernel."""
+    kernel, each the facts of *that* target. The facts are those of the config as launched on
+    the op's typical problem (its compile targets' values), not re-specialised per shape:
+    compiling every point's own specialisation would cost a compile per point."""
     from tritonlab.harness.inspect import static_facts
+
+    def facts_for(op, impl, config, dtype, target=None):
+        facts = static_facts(op, impl.name, config, dtype, arch)
+        if target is None:
+            return facts
+        # Kernels of several targets take the same keys (linear's fwd, bwd_dx and bwd_dw all
+        # have BLOCK_M/N/K): keep the named one. A split-K decode config has a target of its
+        # own, which its keys select.
+        mine = [k for k in facts.get("kernels") or [] if k.get("target") == target]
+        return {**facts, **mine[0], "kernels": mine} if mine else facts
 
     def hook(op, impl, row, run):
         if impl.kind != "triton" or run is None:
@@ -39,9 +51,9 @@ def static_hook(arch: tuple[int, int]):
         config = row.get("config")
         dtype = getattr(torch, row["dtype"])
         if isinstance(config, dict) and config and all(isinstance(v, dict) for v in config.values()):
-            return {"static": {target: static_facts(op, impl.name, cfg, dtype, arch)
+            return {"static": {target: facts_for(op, impl, cfg, dtype, target)
                                for target, cfg in config.items()}}
-        return {"static": static_facts(op, impl.name, config, dtype, arch)}
+        return {"static": facts_for(op, impl, config, dtype)}
 
     hook.__name__ = "static"
     return hook
@@ -63,7 +75,11 @@ def gpu_point_hooks(run_dir: Path, *, counters: bool = True, static: bool = True
     if counters:
         from tritonlab.harness import counters as counters_mod
 
-        sampler = counters_mod.open_sampler("auto", device_index=torch.cuda.current_device(),
+        # NVML numbers GPUs in PCI order whatever CUDA_VISIBLE_DEVICES says: name it by UUID.
+        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+        if not uuid.startswith(("GPU-", "MIG-")):
+            uuid = f"GPU-{uuid}"
+        sampler = counters_mod.open_sampler("auto", device_uuid=uuid,
                                             warn=lambda m: info(f"warning: {m}"))
         sampler.start()
         hook = counters_mod.sweep_hook(sampler, min_seconds=COUNTER_WINDOW_S,

@@ -383,17 +383,25 @@ class CudaTimer(Timer):
         if sleep is None:
             return None
         try:
-            sleep(1000)
+            # An idle GPU sits at a low clock (an H100 idles near 345 MHz) and ramps up under
+            # load: spin first so the clock is at its working speed, then keep the fastest of
+            # a few measurements. Too few cycles per ms would make the cover too short at
+            # boost clocks and let launch gaps into the timed window.
+            sleep(100_000_000)
             start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             cycles = 5_000_000
-            start.record()
-            sleep(cycles)
-            end.record()
-            end.synchronize()
-            ms = start.elapsed_time(end)
+            rates = []
+            for _ in range(3):
+                start.record()
+                sleep(cycles)
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+                if ms > 0:
+                    rates.append(cycles / ms)
         except RuntimeError:
             return None
-        return cycles / ms if ms > 0 else None
+        return max(rates) if rates else None
 
     def _capture(self, item: _Prepared) -> None:
         if item.host_ms:

@@ -66,6 +66,7 @@ from tritonlab.kernels._gemm import (
     precision_for,
 )
 from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk
+from tritonlab.kernels._splitk import compile_targets as splitk_targets
 
 __all__ = ["linear", "Linear", "SPECS"]
 
@@ -614,6 +615,11 @@ def _check_inputs(x, weight, bias) -> None:
             raise ValueError(f"{name} is {dtype_name(t.dtype)} but x is {dtype_name(x.dtype)}; "
                              f"linear expects x, weight and bias in one dtype")
     check_same(**tensors)
+    if x.dtype == torch.float64 and x.device.type == "cuda":
+        # The kernels' tile configs are sized for 2- and 4-byte elements (fp64 tiles overflow
+        # shared memory), and fp64 exists here only so gradcheck can run on the interpreter.
+        raise TypeError("float64 is supported on the interpreter backend only (for "
+                        "torch.autograd.gradcheck); on CUDA use float16, bfloat16 or float32")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -822,7 +828,8 @@ def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> 
         """What ``tritonlab inspect`` compiles: the three kernels as launched on a row-major
         Llama-3-8B up-projection (M=8192 tokens, N=14336, K=4096); unit strides become
         constants, as Triton's JIT specialises them. The infer forward (no D store) is listed
-        apart where it differs from the training forward."""
+        apart where it differs from the training forward; the split-K decode kernel that
+        decode-sized inference takes (M <= 16) is listed as ``decode``."""
         m, n, k = 8192, 14336, 4096
         common = dict(M=m, N=n, K=k, INPUT_PRECISION=precision_for(dtype, None),
                       USE_INT64=False, ACC_DTYPE=_acc_dtype(dtype))
@@ -841,6 +848,9 @@ def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> 
                                                      stride_db=1, COMPUTE_DW=True,
                                                      COMPUTE_DB=has_bias)),
         ]
+        # Decode-sized inference (M <= 16) runs the split-K kernel with this epilogue.
+        targets += splitk_targets("decode", dtype, DECODE_MAX_M, n, k, has_bias=has_bias,
+                                  activation=activation)
         return targets
 
     impls = [
