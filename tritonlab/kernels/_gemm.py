@@ -18,6 +18,14 @@ from tritonlab.harness.spec import dtype_name
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INT32_MAX = 2**31 - 1
 
+# Llama-3-8B's model and MLP hidden sizes, the real shapes of the presets.
+LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
+
+
+def mnk(m: int, n: int, k: int) -> dict[str, int]:
+    """A GEMM-family shape in the ops' (M, N, K) dimension order, for presets."""
+    return {"M": m, "N": n, "K": k}
+
 
 @triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):

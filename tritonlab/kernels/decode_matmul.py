@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from tritonlab.harness.spec import Impl, OpSpec, reduction_tolerance
-from tritonlab.kernels._gemm import precision_for
+from tritonlab.kernels._gemm import mnk, precision_for
 from tritonlab.kernels._splitk import LAST, compile_targets, splitk_matmul
 from tritonlab.kernels.matmul import _MATMUL, matmul
 
@@ -23,16 +23,13 @@ __all__ = ["SPEC"]
 _LLAMA3_8B_KN = [(4096, 14336), (14336, 4096), (4096, 4096), (4096, 1024)]
 
 
-def _shape(m, n, k):
-    return {"M": m, "N": n, "K": k}
-
 
 PRESETS = {
     # tiny: interpreter-sized and odd (K not a multiple of the K tile, N not of BLOCK_N).
-    "tiny": [_shape(1, 130, 75), _shape(4, 96, 257), _shape(7, 64, 64), _shape(16, 200, 128)],
-    "quick": [_shape(1, 4096, 4096), _shape(16, 4096, 4096), _shape(1, 14336, 4096),
-              _shape(1, 1024, 4096)],
-    "llm": [_shape(m, n, k) for (k, n) in _LLAMA3_8B_KN for m in (1, 2, 4, 8, 16)],
+    "tiny": [mnk(1, 130, 75), mnk(4, 96, 257), mnk(7, 64, 64), mnk(16, 200, 128)],
+    "quick": [mnk(1, 4096, 4096), mnk(16, 4096, 4096), mnk(1, 14336, 4096),
+              mnk(1, 1024, 4096)],
+    "llm": [mnk(m, n, k) for (k, n) in _LLAMA3_8B_KN for m in (1, 2, 4, 8, 16)],
 }
 
 

@@ -26,9 +26,12 @@ import triton.language as tl
 from tritonlab.harness.spec import Impl, OpSpec, Tolerance, reduction_tolerance
 from tritonlab.kernels._activations import torch_activation
 from tritonlab.kernels._gemm import (
+    LLAMA3_8B_DIM,
+    LLAMA3_8B_HIDDEN,
     TunedKernel,
     _cfg,
     compile_baseline,
+    mnk,
     needs_int64,
     precision_for,
     tile_offsets,
@@ -211,21 +214,17 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
 # ----------------------------------------------------------------------------- the ops' SPECs
 
 # Llama-3-8B feed-forward: dim 4096 -> hidden 14336. N is the hidden size, K the model dim.
-LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
 DECODE_TOKENS = (1, 2, 4, 8, 16)
 PREFILL_TOKENS = (128, 512, 2048, 8192)
 EPS = 1e-5
 
 
-def _shape(m, n, k):
-    return {"M": m, "N": n, "K": k}
-
 
 PRESETS = {
     # tiny: interpreter-sized and odd; M = 1 and 13 take the decode path, 37 and 70 the tiled.
-    "tiny": [_shape(1, 96, 80), _shape(13, 130, 72), _shape(37, 83, 131), _shape(70, 64, 64)],
-    "quick": [_shape(1, 14336, 4096), _shape(16, 14336, 4096), _shape(2048, 14336, 4096)],
-    "llm": [_shape(m, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM) for m in DECODE_TOKENS + PREFILL_TOKENS],
+    "tiny": [mnk(1, 96, 80), mnk(13, 130, 72), mnk(37, 83, 131), mnk(70, 64, 64)],
+    "quick": [mnk(1, 14336, 4096), mnk(16, 14336, 4096), mnk(2048, 14336, 4096)],
+    "llm": [mnk(m, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM) for m in DECODE_TOKENS + PREFILL_TOKENS],
 }
 
 

@@ -62,6 +62,7 @@ from tritonlab.kernels._gemm import (
     compile_baseline,
     gemm_configs,
     grouped_tile,
+    mnk,
     needs_int64,
     precision_for,
 )
@@ -674,18 +675,15 @@ class Linear(torch.nn.Linear):
 _LLAMA3_8B_MLP_KN = [(4096, 14336), (14336, 4096)]  # (K, N): up/gate, down projections
 
 
-def _shape(m, n, k):
-    return {"M": m, "N": n, "K": k}
-
 
 PRESETS = {
     # tiny: interpreter-sized and odd, so every edge mask of the three kernels is exercised.
-    "tiny": [_shape(64, 64, 64), _shape(97, 83, 131), _shape(1, 130, 75), _shape(150, 96, 40)],
+    "tiny": [mnk(64, 64, 64), mnk(97, 83, 131), mnk(1, 130, 75), mnk(150, 96, 40)],
     # quick: one training-sized Llama-3-8B up-projection and one decode-sized shape.
-    "quick": [_shape(4096, 14336, 4096), _shape(16, 4096, 4096)],
-    "square": [_shape(s, s, s) for s in (512, 1024, 2048, 4096, 8192)],
+    "quick": [mnk(4096, 14336, 4096), mnk(16, 4096, 4096)],
+    "square": [mnk(s, s, s) for s in (512, 1024, 2048, 4096, 8192)],
     # llm: Llama-3-8B MLP projections; M = 2048..16384 tokens for training, 1..16 for decode.
-    "llm": [_shape(m, n, k) for m in (1, 8, 16, 2048, 4096, 8192, 16384)
+    "llm": [mnk(m, n, k) for m in (1, 8, 16, 2048, 4096, 8192, 16384)
             for (k, n) in _LLAMA3_8B_MLP_KN],
 }
 

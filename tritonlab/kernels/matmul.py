@@ -20,6 +20,7 @@ from tritonlab.kernels._gemm import (
     check_operand,
     check_same,
     gemm_configs,
+    mnk,
     needs_int64,
     precision_for,
     tile_offsets,
@@ -156,18 +157,15 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
 _LLAMA3_8B_KN = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]
 
 
-def _shape(m, n, k):
-    return {"M": m, "N": n, "K": k}
-
 
 PRESETS = {
     # tiny: interpreter-sized, odd on purpose so every edge mask is exercised.
-    "tiny": [_shape(64, 64, 64), _shape(97, 83, 131), _shape(1, 130, 75), _shape(128, 192, 96)],
-    "quick": [_shape(512, 512, 512), _shape(2048, 2048, 2048), _shape(4096, 4096, 4096),
-              _shape(16, 4096, 4096), _shape(4096, 14336, 4096)],
-    "square": [_shape(s, s, s) for s in (256, 512, 1024, 2048, 3072, 4096, 6144, 8192)],
+    "tiny": [mnk(64, 64, 64), mnk(97, 83, 131), mnk(1, 130, 75), mnk(128, 192, 96)],
+    "quick": [mnk(512, 512, 512), mnk(2048, 2048, 2048), mnk(4096, 4096, 4096),
+              mnk(16, 4096, 4096), mnk(4096, 14336, 4096)],
+    "square": [mnk(s, s, s) for s in (256, 512, 1024, 2048, 3072, 4096, 6144, 8192)],
     # llm: Llama-3-8B projections (K -> N) at decode (M = 1..16) and prefill (2048..16384).
-    "llm": [_shape(m, n, k) for m in (1, 16, 2048, 8192, 16384) for (k, n) in _LLAMA3_8B_KN],
+    "llm": [mnk(m, n, k) for m in (1, 16, 2048, 8192, 16384) for (k, n) in _LLAMA3_8B_KN],
 }
 
 

@@ -27,11 +27,14 @@ import triton.language as tl
 
 from tritonlab.harness.spec import Impl, OpSpec, Tolerance, reduction_tolerance
 from tritonlab.kernels._gemm import (
+    LLAMA3_8B_DIM,
+    LLAMA3_8B_HIDDEN,
     TunedKernel,
     check_operand,
     check_same,
     compile_baseline,
     gemm_configs,
+    mnk,
     needs_int64,
     precision_for,
     tile_offsets,
@@ -171,21 +174,17 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
 
 # ----------------------------------------------------------------------------- the op's SPEC
 
-LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
 EPS = 1e-5
 
-
-def _shape(m, n, k):
-    return {"M": m, "N": n, "K": k}
 
 
 PRESETS = {
     # tiny: interpreter-sized and odd; M = 1 and 9 take the decode path, 33 and 64 the tiled.
-    "tiny": [_shape(1, 100, 96), _shape(9, 130, 75), _shape(33, 83, 131), _shape(64, 64, 64)],
-    "quick": [_shape(1, 14336, 4096), _shape(16, 6144, 4096), _shape(2048, 14336, 4096)],
+    "tiny": [mnk(1, 100, 96), mnk(9, 130, 75), mnk(33, 83, 131), mnk(64, 64, 64)],
+    "quick": [mnk(1, 14336, 4096), mnk(16, 6144, 4096), mnk(2048, 14336, 4096)],
     # llm: the norm in front of Llama-3-8B's MLP up-projection (4096 -> 14336) and in front of
     # its fused q/k/v projection (4096 -> 4096 + 2 * 1024).
-    "llm": [_shape(m, n, LLAMA3_8B_DIM) for n in (LLAMA3_8B_HIDDEN, 6144)
+    "llm": [mnk(m, n, LLAMA3_8B_DIM) for n in (LLAMA3_8B_HIDDEN, 6144)
             for m in (1, 2, 4, 8, 16, 128, 512, 2048, 8192)],
 }
 
