@@ -246,6 +246,18 @@ def check_same(**tensors: torch.Tensor) -> None:
                          f"backend runs on {want}")
 
 
+def check_matmul_operands(a: object, b: object) -> tuple[int, int, int]:
+    """Validate A (M, K) and B (K, N) of a matmul and return (M, N, K)."""
+    check_operand("a", a, 2)
+    check_operand("b", b, 2)
+    check_same(a=a, b=b)
+    M, K = a.shape
+    if b.shape[0] != K:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)} and b is "
+                         f"{tuple(b.shape)}; a.shape[1] must equal b.shape[0]")
+    return M, b.shape[1], K
+
+
 def precision_for(dtype: torch.dtype, input_precision: str | None) -> str:
     """The ``tl.dot`` input precision: explicit, else TF32 for fp32 only where torch allows
     it (``torch.backends.cuda.matmul.allow_tf32``), so the kernel matches torch.matmul."""

@@ -35,6 +35,7 @@ import triton.language as tl
 from tritonlab.kernels._activations import apply_activation, normalize_activation, torch_activation
 from tritonlab.kernels._gemm import (
     TunedKernel,
+    check_matmul_operands,
     check_operand,
     check_same,
     needs_int64,
@@ -463,14 +464,7 @@ def splitk_matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None
     All tensors share one dtype (float16, bfloat16 or float32); accumulation is fp32.
     """
     act = normalize_activation(activation)
-    check_operand("a", a, 2)
-    check_operand("b", b, 2)
-    check_same(a=a, b=b)
-    M, K = a.shape
-    if b.shape[0] != K:
-        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)} and b is "
-                         f"{tuple(b.shape)}; a.shape[1] must equal b.shape[0]")
-    N = b.shape[1]
+    M, N, K = check_matmul_operands(a, b)
     if bias is not None:
         check_operand("bias", bias, 1)
         check_same(a=a, bias=bias)
@@ -479,13 +473,7 @@ def splitk_matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None
     if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
         raise ValueError(f"split_k must be a positive int or None, got {split_k!r}")
     precision = precision_for(a.dtype, input_precision)
-    if out is None:
-        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
-    else:
-        check_operand("out", out, 2)
-        check_same(a=a, out=out)
-        if tuple(out.shape) != (M, N):
-            raise ValueError(f"out has shape {tuple(out.shape)}; expected {(M, N)}")
+    out, _ = prepare_out(out, a, (M,), N)
     if M == 0 or N == 0:
         return out
     if K == 0:

@@ -17,15 +17,14 @@ import triton.language as tl
 from tritonlab.harness.spec import Impl, OpSpec, reduction_tolerance
 from tritonlab.kernels._gemm import (
     TunedKernel,
-    check_operand,
-    check_same,
+    check_matmul_operands,
     gemm_configs,
     mnk,
     needs_int64,
     precision_for,
     tile_offsets,
 )
-from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk
+from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk, prepare_out
 from tritonlab.kernels._splitk import compile_targets as splitk_targets
 
 __all__ = ["matmul", "SPEC"]
@@ -119,22 +118,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
     ``DECODE_MAX_M`` = 16 rows) to the split-K kernel of :mod:`._splitk`, which keeps every SM
     busy where the tiled kernel would run one program per column tile; True/False force it.
     """
-    check_operand("a", a, 2)
-    check_operand("b", b, 2)
-    check_same(a=a, b=b)
-    M, K = a.shape
-    K2, N = b.shape
-    if K != K2:
-        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)} and b is "
-                         f"{tuple(b.shape)}; a.shape[1] must equal b.shape[0]")
+    M, N, K = check_matmul_operands(a, b)
     precision = precision_for(a.dtype, input_precision)
-    if out is None:
-        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
-    else:
-        check_operand("out", out, 2)
-        check_same(a=a, out=out)
-        if tuple(out.shape) != (M, N):
-            raise ValueError(f"out has shape {tuple(out.shape)}; expected {(M, N)}")
+    out, _ = prepare_out(out, a, (M,), N)
     if M == 0 or N == 0:
         return out
     if K == 0:
