@@ -255,12 +255,6 @@ def test_bad_input(call, exc, match):
         call(x, b)
 
 
-def test_bfloat16_is_gpu_only(be):
-    if not be.is_gpu:
-        pytest.skip("bf16 tl.dot returns garbage under the Triton interpreter (REFERENCE.md); "
-                    "bf16 decode is checked in the GPU lane")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("m", [1, 16])

@@ -189,12 +189,6 @@ def test_bad_input(call, exc, match):
         call(x, wg, wu, nw)
 
 
-def test_bfloat16_is_gpu_only(be):
-    if not be.is_gpu:
-        pytest.skip("bf16 tl.dot returns garbage under the Triton interpreter (REFERENCE.md); "
-                    "bf16 gated_mlp is checked in the GPU lane")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("rms", [False, True], ids=["plain", "rmsnorm"])
 @pytest.mark.parametrize("m", [1, 16, 2048])

@@ -137,12 +137,6 @@ def test_fp32_ieee_vs_tf32_selection(device):
         matmul(a, b, input_precision="fp16")
 
 
-def test_bfloat16_is_gpu_only(be):
-    if not be.is_gpu:
-        pytest.skip("bf16 tl.dot returns garbage under the Triton interpreter (REFERENCE.md); "
-                    "bf16 is checked in the GPU lane")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("mnk", [(1, 4096, 4096), (513, 1027, 777), (2048, 2048, 2048)])

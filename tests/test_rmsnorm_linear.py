@@ -173,12 +173,6 @@ def test_bad_input(call, exc, match):
         call(x, nw, w, b)
 
 
-def test_bfloat16_is_gpu_only(be):
-    if not be.is_gpu:
-        pytest.skip("bf16 tl.dot returns garbage under the Triton interpreter (REFERENCE.md); "
-                    "bf16 rmsnorm_linear is checked in the GPU lane")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 16, 2048])
 def test_rmsnorm_linear_gpu_llama(m, gpu):
