@@ -41,7 +41,7 @@ lint: $(STAMP)
 # One command for a lent H100/H200 (fits in 8 minutes): GPU tests, a quick sweep of every op,
 # a short contrast and a report, all under reports/gpu-<date>/.
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) -m tritonlab.gpucheck --out reports/gpu-$$(date +%Y%m%d-%H%M%S)
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m tritonlab.jobs.gpucheck --out reports/gpu-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tritonlab.harness import backend
+from tritonlab import backend
 
 ROOT = Path(__file__).resolve().parent.parent
 

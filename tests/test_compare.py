@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import run_cli
 
 from tritonlab.cli import cli
-from tritonlab.harness.compare import compare_point
+from tritonlab.runs.compare import compare_point
 
 SWEEP = ("sweep", "matmul", "--shape", "64x64x64", "--shape", "1x130x75", "--dtype", "float32",
          "--mode", "fwd", "--budget", "0.3")

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from conftest import run_cli
 
 from tritonlab.cli import cli
-from tritonlab.harness import contrast, counters
-from tritonlab.harness.errors import UsageError
+from tritonlab.contrast import run as contrast
+from tritonlab.errors import UsageError
+from tritonlab.hw import counters
 from tritonlab.workloads.model import MLPConfig
 
 # ------------------------------------------------------------------------------ options

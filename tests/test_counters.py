@@ -11,8 +11,8 @@ import fake_pynvml as fake
 import numpy as np
 import pytest
 
-from tritonlab.harness import counters
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
+from tritonlab.hw import counters
 
 
 @pytest.fixture
@@ -412,7 +412,7 @@ def test_gpm_refused_by_the_driver_becomes_unavailable(nvml):
 def test_timeline_png_and_trace_from_nvml_counters(nvml, tmp_path):
     import matplotlib.image
 
-    from tritonlab.harness import timeline
+    from tritonlab.report import timeline
 
     s = _nvml_sampler(power_w=80.0)
     with s:

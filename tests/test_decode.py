@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from tritonlab.harness import check
-from tritonlab.harness.spec import Tolerance, reduction_tolerance
 from tritonlab.kernels import matmul, splitk_matmul
 from tritonlab.kernels._activations import torch_activation
+from tritonlab.measure import check
+from tritonlab.ops.contract import Tolerance, reduction_tolerance
 
 sk = importlib.import_module("tritonlab.kernels._splitk")
 dm = importlib.import_module("tritonlab.kernels.decode_matmul")

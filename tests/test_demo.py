@@ -9,8 +9,8 @@ import json
 import pytest
 from conftest import run_cli
 
-from tritonlab.harness import demo
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
+from tritonlab.jobs import demo
 
 # The contrast runs the training and inference workloads of tritonlab.workloads.
 HAVE_WORKLOADS = all(importlib.util.find_spec(f"tritonlab.workloads.{m}") is not None

@@ -9,8 +9,8 @@ import warnings
 import pytest
 from conftest import run_cli
 
-from tritonlab.harness import devices
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
+from tritonlab.hw import devices
 
 # Names as drivers report them (nvidia-smi / torch.cuda.get_device_name) -> table entry.
 REAL_NAMES = {

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from conftest import aten_traffic
 
-from tritonlab.harness import check
-from tritonlab.harness.spec import Tolerance, reduction_tolerance
 from tritonlab.kernels import gated_mlp
+from tritonlab.measure import check
+from tritonlab.ops.contract import Tolerance, reduction_tolerance
 
 gm = importlib.import_module("tritonlab.kernels.gated_mlp")
 sk = importlib.import_module("tritonlab.kernels._splitk")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tritonlab import gpucheck
-from tritonlab.gpucheck import Step, junit_counts, run_steps
+from tritonlab.jobs import gpucheck
+from tritonlab.jobs.gpucheck import Step, junit_counts, run_steps
 
 
 def py(code: str):

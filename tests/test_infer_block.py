@@ -9,8 +9,8 @@ import importlib
 import pytest
 import torch
 
-from tritonlab.harness import check
-from tritonlab.harness.spec import Tolerance, reduction_tolerance
+from tritonlab.measure import check
+from tritonlab.ops.contract import Tolerance, reduction_tolerance
 from tritonlab.workloads.infer import InferenceWorkload
 from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
 

@@ -20,10 +20,12 @@ import triton
 from click.testing import CliRunner
 from conftest import run_cli
 
-from tritonlab.harness import inspect as insp
-from tritonlab.harness import inspect_sass, registry
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.spec import Impl, OpSpec
+from tritonlab.errors import UsageError
+from tritonlab.kernels.tuning import CompileTarget
+from tritonlab.ops import registry
+from tritonlab.ops.contract import Impl, OpSpec
+from tritonlab.static import driver as insp
+from tritonlab.static import sass as inspect_sass
 
 ARCHS = ("sm_80", "sm_90a")
 MAIN = 2  # matmul end to end: the first two configs of each architecture's list
@@ -118,8 +120,8 @@ def test_specialisation_follows_the_jit():
     """Unit strides become constants, multiples of 16 are marked divisible, pointers take
     the op's dtype, and the EVEN_K heuristic sees the config's BLOCK_K."""
     target = registry.discover()["matmul"].compile_targets(torch.bfloat16)[0]  # tiled
-    cfg = target.configs_for(insp.parse_arch("sm_90a"))[0]
-    spec = target.specialise(cfg)
+    cfg = insp.target_configs(target, insp.parse_arch("sm_90a"))[0]
+    spec = insp.specialise(target, cfg)
     sig = spec["signature"]
     assert sig["a_ptr"] == sig["c_ptr"] == "*bf16"
     assert sig["M"] == "i32" and sig["stride_ak"] == "constexpr"
@@ -128,10 +130,10 @@ def test_specialisation_follows_the_jit():
     assert spec["constexprs"]["BLOCK_K"] == cfg["BLOCK_K"]
     assert {"a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_am"} <= set(spec["divisible"])
     assert spec["options"] == {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    odd = target.specialise({**cfg, "BLOCK_K": 48})
+    odd = insp.specialise(target, {**cfg, "BLOCK_K": 48})
     assert odd["constexprs"]["EVEN_K"] is False  # 4096 % 48 != 0
     with pytest.raises(ValueError, match="no argument"):
-        target.specialise({**cfg, "BLOCK_Q": 1})
+        insp.specialise(target, {**cfg, "BLOCK_Q": 1})
 
 
 _MODULE = """
@@ -203,7 +205,7 @@ def test_a_dying_compile_worker_is_reported_not_cached(tmp_path, monkeypatch):
     configs = [{"BLOCK": 64, "num_warps": 4}, {"BLOCK": 128, "num_warps": 4}]
     op = dataclasses.replace(
         registry.discover()["matmul"], name="probe",
-        compile_targets=lambda d: [insp.CompileTarget("k", kernel, d, {"N": 4096}, configs)])
+        compile_targets=lambda d: [CompileTarget("k", kernel, d, {"N": 4096}, configs)])
     report = insp.run([op], [insp.parse_arch("sm_80")], [torch.float16])
     assert [r["status"] for r in report.rows] == ["error", "error"]
     assert all("compile worker exited with status 3" in r["error"] for r in report.rows)
@@ -290,7 +292,7 @@ def test_json_document_covers_both_archs(inspected):
         listed = insp.parse_arch(arch)
         rows = _rows(doc, arch)
         assert [(r["target"], r["config"]) for r in rows] == [
-            (t.name, c) for t in targets for c in t.configs_for(listed)[:MAIN]]
+            (t.name, c) for t in targets for c in insp.target_configs(t, listed)[:MAIN]]
         for r in rows:
             assert r["status"] == "ok" and r["error"] is None and r["cubin_arch"] == arch
             assert r["kernel"] == targets[[t.name for t in targets].index(r["target"])] \
@@ -402,10 +404,10 @@ import json, subprocess, sys, torch, triton
 triton.knobs.runtime.interpret = False  # kernels decorate as JITFunctions, as on a GPU
 real_popen = subprocess.Popen
 def popen(args, *a, **k):
-    assert "tritonlab.harness.inspect_compile" not in args, "spawned a compile worker"
+    assert "tritonlab.static.compile" not in args, "spawned a compile worker"
     return real_popen(args, *a, **k)
 subprocess.Popen = popen
-from tritonlab.harness import inspect as insp
+from tritonlab.static import driver as insp
 cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
 print(json.dumps(insp.static_facts("matmul", "triton", cfg, torch.float16, (8, 0))))
 """

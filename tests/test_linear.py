@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from conftest import run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tritonlab.harness import check, registry
-from tritonlab.harness.spec import reduction_tolerance
 from tritonlab.kernels import Linear, linear
 from tritonlab.kernels._activations import ACTIVATIONS, torch_activation
+from tritonlab.measure import check
+from tritonlab.ops import registry
+from tritonlab.ops.contract import reduction_tolerance
+from tritonlab.static import driver as insp
 
 # The package re-exports the function `linear`, which shadows the submodule attribute.
 lin = importlib.import_module("tritonlab.kernels.linear")
@@ -568,7 +570,7 @@ def test_spec_config_reports_the_kernels_of_the_mode():
     assert {"fwd", "infer", "bwd_dx", "bwd_dw", "decode"} <= set(targets)
     assert impl.config()["infer"]["path"] == "tiled"
     assert set(impl.config()["infer"]) - {"num_warps", "num_stages", "path"} <= \
-        set(targets["infer"].param_names())
+        set(insp.target_params(targets["infer"]))
 
 
 def test_decode_sized_infer_takes_the_splitk_path():

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tritonlab.harness.spec import reduction_tolerance
 from tritonlab.kernels import matmul
 from tritonlab.kernels._gemm import INT32_MAX, max_offset, needs_int64
+from tritonlab.ops.contract import reduction_tolerance
 
 # The package re-exports the function `matmul`, which shadows the submodule attribute.
 mm = importlib.import_module("tritonlab.kernels.matmul")

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from tritonlab.harness import registry
-from tritonlab.harness.point_hooks import gpu_point_hooks, static_hook
+from tritonlab.ops import registry
+from tritonlab.runs.point_hooks import gpu_point_hooks, static_hook
 
 
 def test_no_hooks_on_the_interpreter(be, tmp_path):

@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from tritonlab.harness import backend, registry
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.spec import MODES, Impl, OpSpec, reduction_tolerance
+from tritonlab import backend
+from tritonlab.errors import UsageError
+from tritonlab.ops import registry
+from tritonlab.ops.contract import MODES, Impl, OpSpec, reduction_tolerance
 
 
 def test_every_discovered_op_honours_the_contract():
@@ -83,7 +84,7 @@ def test_backend_is_interpreter_without_gpu_and_cuda_cannot_be_forced():
 def test_backend_is_chosen_before_kernels_are_decorated():
     """In a fresh process, importing the kernels alone selects the backend and sets
     TRITON_INTERPRET before any @triton.jit runs (else kernels would try to compile)."""
-    code = ("import os, tritonlab.kernels as k; from tritonlab.harness import backend; "
+    code = ("import os, tritonlab.kernels as k; from tritonlab import backend; "
             "b = backend.current(); "
             "assert (os.environ.get('TRITON_INTERPRET') == '1') == (b.name == 'interpreter'); "
             "print(b.name, type(k.matmul).__name__)")

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from conftest import run_cli
 
 from tritonlab.cli import cli
-from tritonlab.harness import report, sweep
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
+from tritonlab.report import render as report
+from tritonlab.runs import sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import aten_traffic
 
-from tritonlab.harness import check
-from tritonlab.harness.spec import Tolerance, reduction_tolerance
 from tritonlab.kernels import rmsnorm_linear
+from tritonlab.measure import check
+from tritonlab.ops.contract import Tolerance, reduction_tolerance
 from tritonlab.workloads.model import rms_norm
 
 rl = importlib.import_module("tritonlab.kernels.rmsnorm_linear")

@@ -8,7 +8,9 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from tritonlab.harness import devices, registry, roofline
+from tritonlab.hw import devices
+from tritonlab.ops import registry
+from tritonlab.report import roofline
 
 H100 = devices.lookup("NVIDIA H100 80GB HBM3")
 H200 = devices.lookup("NVIDIA H200")

@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from tritonlab.harness.stats import (
+from tritonlab.measure.stats import (
     StopRule,
     StopTracker,
     geomean,

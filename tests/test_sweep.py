@@ -20,11 +20,12 @@ from conftest import ROOT, run_cli
 from torch.utils.flop_counter import FlopCounterMode
 
 from tritonlab.cli import cli
-from tritonlab.harness import registry, runstore
-from tritonlab.harness.runstore import RunDir, new_run_dir, point_key, read_results
-from tritonlab.harness.spec import Impl, OpSpec, Tolerance, dtype_name
-from tritonlab.harness.sweep import SweepOptions, plan, sweep
-from tritonlab.kernels._gemm import INTERPRETER_CONFIG, config_dict
+from tritonlab.kernels.tuning import INTERPRETER_CONFIG, config_dict
+from tritonlab.ops import registry
+from tritonlab.ops.contract import Impl, OpSpec, Tolerance, dtype_name
+from tritonlab.runs import store as runstore
+from tritonlab.runs.store import RunDir, new_run_dir, point_key, read_results
+from tritonlab.runs.sweep import SweepOptions, plan, sweep
 
 ROW_FIELDS = ("schema_version", "op", "impl", "mode", "dtype", "shape", "backend", "device",
               "flops", "bytes", "intensity", "ms", "ms_ci", "samples_ms", "tflops", "gbps",
@@ -439,7 +440,7 @@ def test_sweep_on_cuda_records_timing_config_tuning_and_device(gpu, tmp_path):
         if row["impl"] == "triton":
             assert row["config"] and "BLOCK_M" in row["config"]
             assert row["speedup"]["torch"] > 0
-            from tritonlab.kernels._gemm import autotune_enabled
+            from tritonlab.kernels.tuning import autotune_enabled
             if autotune_enabled():
                 # The tuning that chose this point's config, with every config's time.
                 tuned = row["autotune_timings"].values()

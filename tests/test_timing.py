@@ -10,9 +10,9 @@ import fake_pynvml
 import pytest
 import torch
 
-from tritonlab.harness import timing
-from tritonlab.harness.stats import StopRule
-from tritonlab.harness.timing import CpuTimer, default_rule, make_timer
+from tritonlab.measure import timing
+from tritonlab.measure.stats import StopRule
+from tritonlab.measure.timing import CpuTimer, default_rule, make_timer
 
 
 def spin(ms: float):
@@ -275,8 +275,8 @@ def test_graph_mode_matches_eager_and_cuts_host_time(gpu):
 
 _CAPTURE_FAILURE = """
 import json, torch
-from tritonlab.harness.stats import StopRule
-from tritonlab.harness.timing import make_timer
+from tritonlab.measure.stats import StopRule
+from tritonlab.measure.timing import make_timer
 x = torch.ones(4, device="cuda")
 m = make_timer("cuda", graph=True).measure(
     {"sync": lambda: x.sum().item()}, StopRule(budget_s=0.2, min_samples=5))["sync"]
@@ -302,9 +302,9 @@ def test_graph_capture_failure_falls_back_to_eager(gpu):
 
 @pytest.mark.gpu
 def test_no_autotuning_inside_the_timed_window(gpu):
-    from tritonlab.harness.sweep import _activity
-    from tritonlab.kernels._gemm import TUNING_LOG, autotune_enabled
     from tritonlab.kernels.matmul import matmul
+    from tritonlab.kernels.tuning import TUNING_LOG, autotune_enabled
+    from tritonlab.runs.sweep import _activity
 
     if not autotune_enabled():
         pytest.skip("TRITONLAB_AUTOTUNE=0")

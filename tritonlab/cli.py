@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from tritonlab.harness import backend
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import emit_json, fmt_num, info, table
+from tritonlab import backend
+from tritonlab.errors import UsageError
+from tritonlab.output import emit_json, fmt_num, info, table
 
 DTYPE_CHOICES = ("float16", "bfloat16", "float32")
 
@@ -43,7 +43,7 @@ def cli(backend_name):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def list_cmd(as_json):
     """List ops with their implementations, modes and shape presets."""
-    from tritonlab.harness import registry
+    from tritonlab.ops import registry
 
     ops = registry.discover()
     be = backend.current()
@@ -75,7 +75,8 @@ def list_cmd(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def check_cmd(ops, dtypes, shapes, impls, modes, seeds, as_json):
     """Check implementations against the float64 reference. Exit 1 if any case fails."""
-    from tritonlab.harness import check, registry
+    from tritonlab.measure import check
+    from tritonlab.ops import registry
 
     specs = registry.resolve_ops(ops)
     for op in specs:
@@ -170,8 +171,8 @@ def sweep_cmd(ops, preset, shapes, dtypes, modes, impls, out, resume, cache, gra
     """
     from pathlib import Path
 
-    from tritonlab.harness import sweep as sweep_mod
-    from tritonlab.harness.runstore import command_argv, new_run_dir
+    from tritonlab.runs import sweep as sweep_mod
+    from tritonlab.runs.store import command_argv, new_run_dir
 
     if resume and not out:
         raise UsageError("--resume needs --out DIR (the run to continue)")
@@ -225,7 +226,7 @@ def compare_cmd(base_run, new_run, threshold, force, as_json):
     """Pair the points of two runs: speedup (BASE ms / NEW ms) with its 95% CI per point,
     geometric means per op. Exit 1 when a point is slower beyond both the threshold and its
     noise, or fails in NEW."""
-    from tritonlab.harness import compare
+    from tritonlab.runs import compare
 
     report = compare.compare_runs(compare.load_run(base_run), compare.load_run(new_run),
                                   threshold=threshold, force=force)
@@ -279,8 +280,8 @@ def contrast_cmd(batches, duration, model_size, impls, modes, dtype, warmup, idl
     Writes manifest.json, counters.csv, contrast.json, timeline.png and trace.json (open it in
     ui.perfetto.dev). Exit 1 if a phase failed (its error is recorded and the run goes on).
     """
-    from tritonlab.harness import contrast
-    from tritonlab.harness.runstore import command_argv, new_run_dir
+    from tritonlab.contrast import run as contrast
+    from tritonlab.runs.store import command_argv, new_run_dir
 
     out_dir = out or new_run_dir("runs")
     doc = contrast.run_contrast(out_dir, batches=batches or None, duration_s=duration,
@@ -311,7 +312,7 @@ def contrast_cmd(batches, duration, model_size, impls, modes, dtype, warmup, idl
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def device_cmd(measure, spec_name, as_json):
     """Show the present device and its ceilings (datasheet and measured)."""
-    from tritonlab.harness import devices
+    from tritonlab.hw import devices
 
     if spec_name is not None:
         if measure:
@@ -348,7 +349,7 @@ def device_cmd(measure, spec_name, as_json):
                    "one run, report-A-vs-B beside the first for several).")
 def report_cmd(runs, out_dir):
     """Write report.md and a self-contained index.html from one or more run directories."""
-    from tritonlab.harness import report
+    from tritonlab.report import render as report
 
     paths = report.write_report(runs, out_dir)
     for warning in paths.warnings:
@@ -366,7 +367,7 @@ def report_cmd(runs, out_dir):
 def demo_cmd(out_dir):
     """The lab's main job: check every op, a quick sweep (tiny on the interpreter), a short
     training-vs-inference contrast, and the report. Exit 1 if a check fails."""
-    from tritonlab.harness import demo
+    from tritonlab.jobs import demo
 
     result = demo.run_demo(out_dir, progress=info)
     click.echo(f"report: {result.html}")
@@ -401,8 +402,8 @@ def inspect_cmd(ops, archs, dtypes, configs, first, dump, rebuild, as_json):
 
     import torch
 
-    from tritonlab.harness import inspect as insp
-    from tritonlab.harness import registry
+    from tritonlab.ops import registry
+    from tritonlab.static import driver as insp
 
     specs = registry.resolve_ops(ops)
     if ops:

@@ -5,15 +5,14 @@ CUDA and uses one fixed config under the interpreter, and operand checks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from tritonlab.harness import backend
-from tritonlab.harness.spec import dtype_name
+from tritonlab import backend
+from tritonlab.ops.contract import dtype_name
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INT32_MAX = 2**31 - 1
@@ -109,101 +108,6 @@ def gemm_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton
                    for c in configs]
     return configs
 
-
-# Under the interpreter each program costs about 1 ms of Python, whatever its size, so big
-# tiles keep the number of programs (and the test time) small.
-INTERPRETER_CONFIG = _cfg(64, 64, 64, 1, 4)
-
-
-def config_dict(config: triton.Config | None) -> dict | None:
-    if config is None:
-        return None
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-
-
-def autotune_enabled() -> bool:
-    return os.environ.get("TRITONLAB_AUTOTUNE", "1") != "0"
-
-
-# One entry per autotuning run of any TunedKernel, oldest first: {"kernel", "config" (the
-# winner), "timings" (ms per config)}. The sweep reads the entries a point's warm-up added,
-# so the timings it records are those of the tuning that chose that point's config (a
-# tuner's own ``configs_timings`` keeps the last tuning of any key), and a growing log tells
-# it that tuning is still going on.
-TUNING_LOG: list[dict] = []
-
-
-class TunedKernel:
-    """Launches a ``@triton.jit`` kernel with the right config for the backend.
-
-    On CUDA the kernel is wrapped (lazily, on the first call, because the config list depends
-    on the GPU's compute capability) in ``triton.autotune`` keyed on ``key``; with
-    ``TRITONLAB_AUTOTUNE=0`` the list's first config is used without tuning. Under the
-    interpreter, where multi-config autotuning cannot run, ``interpreter_config`` is used.
-    ``heuristics`` maps a constexpr name to a function of the launch arguments (as in
-    ``triton.heuristics``), evaluated after the config is chosen.
-    """
-
-    def __init__(self, kernel, *, key: Sequence[str],
-                 configs: Callable[[tuple[int, int], torch.dtype], list[triton.Config]],
-                 interpreter_config: triton.Config = INTERPRETER_CONFIG,
-                 heuristics: dict[str, Callable[[dict], object]] | None = None):
-        self.kernel = kernel
-        self.key = list(key)
-        self.configs = configs
-        self.interpreter_config = interpreter_config
-        self.heuristics = heuristics or {}
-        self._tuners: dict[tuple, object] = {}
-        self.last_config: dict | None = None
-        self.last_timings: dict[str, float] | None = None
-        self._logged_timings: object = None
-
-    @property
-    def __name__(self) -> str:
-        return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else str(self.kernel)
-
-    def compile_target(self, name: str, dtype: torch.dtype, values: dict, **kwargs):
-        """This kernel, its per-architecture config list and its heuristics as a
-        :class:`tritonlab.harness.inspect.CompileTarget` launched with ``values`` (a typical
-        launch's arguments), for ``OpSpec.compile_targets``."""
-        from tritonlab.harness.inspect import CompileTarget
-
-        return CompileTarget(name, self.kernel, dtype, values,
-                             configs=lambda capability: self.configs(capability, dtype),
-                             heuristics=self.heuristics, **kwargs)
-
-    def _runner(self, dtype: torch.dtype):
-        inner = triton.heuristics(self.heuristics)(self.kernel) if self.heuristics else self.kernel
-        if not backend.current().is_gpu:
-            return None, inner
-        cap = torch.cuda.get_device_capability()
-        tag = (cap, dtype, autotune_enabled())
-        if tag not in self._tuners:
-            configs = self.configs(cap, dtype)
-            if not autotune_enabled():
-                configs = configs[:1]
-            self._tuners[tag] = triton.autotune(configs=configs, key=self.key)(inner)
-        return self._tuners[tag], inner
-
-    def launch(self, grid: Callable[[dict], tuple], dtype: torch.dtype, *args, **kwargs) -> None:
-        """Run the kernel on ``grid`` (a function of the chosen meta-parameters)."""
-        tuner, inner = self._runner(dtype)
-        if tuner is None:
-            cfg = self.interpreter_config
-            inner[grid(cfg.kwargs)](*args, **kwargs, **cfg.kwargs,
-                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            self.last_config = config_dict(cfg)
-            self.last_timings = None
-            return
-        tuner[grid](*args, **kwargs)
-        self.last_config = config_dict(tuner.best_config)
-        timings = getattr(tuner, "configs_timings", None)
-        self.last_timings = ({str(config_dict(c)): float(t[0] if isinstance(t, list) else t)
-                              for c, t in timings.items()} if timings else None)
-        if timings and timings is not self._logged_timings:
-            self._logged_timings = timings
-            TUNING_LOG.append({"kernel": self.__name__, "config": self.last_config,
-                               "timings": self.last_timings})
 
 
 def max_offset(t: torch.Tensor) -> int:

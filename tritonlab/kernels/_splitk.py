@@ -34,13 +34,13 @@ import triton.language as tl
 
 from tritonlab.kernels._activations import apply_activation, normalize_activation, torch_activation
 from tritonlab.kernels._gemm import (
-    TunedKernel,
     check_matmul_operands,
     check_operand,
     check_same,
     needs_int64,
     precision_for,
 )
+from tritonlab.kernels.tuning import CompileTarget, LastConfig, TunedKernel
 
 __all__ = ["splitk_matmul", "launch_splitk", "DECODE_MAX_M", "LAUNCHES", "LastConfig",
            "as_rows", "check_eps", "check_norm", "check_weight", "prepare_out"]
@@ -364,8 +364,6 @@ def compile_targets(name: str, dtype: torch.dtype, M: int, N: int, K: int, *,
     tuned = _SPLITK_GATED if gated else _SPLITK
     targets = [tuned.compile_target(name, dtype, values, impls=impls)]
     if not direct:
-        from tritonlab.harness.inspect import CompileTarget
-
         reduce_values = dict(
             M=M, N=N, K=K, S=triton.cdiv(K, k_split), eps=1e-5,
             stride_wa=values["stride_wa"], stride_ws=M * N, stride_wm=N,
@@ -431,19 +429,6 @@ def launch_splitk(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,
         )
         LAUNCHES["reduce"] += 1
     return {"path": "splitk", "split_k": n_split, "k_split": k_split, **(tuned.last_config or {})}
-
-
-class LastConfig:
-    """The launch config of an op's last call, whichever path ran (for ``Impl.config``)."""
-
-    def __init__(self) -> None:
-        self.value: dict | None = None
-
-    def tiled(self, tuned: TunedKernel) -> None:
-        self.value = {"path": "tiled", **(tuned.last_config or {})}
-
-    def __call__(self) -> dict | None:
-        return self.value
 
 
 LAST = LastConfig()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from tritonlab.harness.spec import Impl, OpSpec, reduction_tolerance
 from tritonlab.kernels._gemm import mnk, precision_for
 from tritonlab.kernels._splitk import LAST, compile_targets, splitk_matmul
 from tritonlab.kernels.matmul import _MATMUL, matmul
+from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
 
 __all__ = ["SPEC"]
 

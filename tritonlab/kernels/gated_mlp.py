@@ -23,12 +23,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tritonlab.harness.spec import Impl, OpSpec, Tolerance, reduction_tolerance
 from tritonlab.kernels._activations import torch_activation
 from tritonlab.kernels._gemm import (
     LLAMA3_8B_DIM,
     LLAMA3_8B_HIDDEN,
-    TunedKernel,
     _cfg,
     compile_baseline,
     mnk,
@@ -38,7 +36,6 @@ from tritonlab.kernels._gemm import (
 )
 from tritonlab.kernels._splitk import (
     DECODE_MAX_M,
-    LastConfig,
     as_rows,
     check_eps,
     check_norm,
@@ -50,6 +47,8 @@ from tritonlab.kernels._splitk import (
     prepare_out,
 )
 from tritonlab.kernels.rmsnorm_linear import rms_norm_chain_bytes
+from tritonlab.kernels.tuning import LastConfig, TunedKernel
+from tritonlab.ops.contract import Impl, OpSpec, Tolerance, reduction_tolerance
 
 __all__ = ["gated_mlp", "GATED_ACTIVATIONS", "SPECS"]
 

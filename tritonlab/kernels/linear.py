@@ -46,7 +46,6 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from tritonlab.harness.spec import Impl, OpSpec, dtype_name, reduction_tolerance
 from tritonlab.kernels._activations import (
     activation_grad,
     apply_activation,
@@ -54,9 +53,7 @@ from tritonlab.kernels._activations import (
     torch_activation,
 )
 from tritonlab.kernels._gemm import (
-    INTERPRETER_CONFIG,
     SUPPORTED_DTYPES,
-    TunedKernel,
     check_operand,
     check_same,
     compile_baseline,
@@ -66,8 +63,10 @@ from tritonlab.kernels._gemm import (
     needs_int64,
     precision_for,
 )
-from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk
+from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk
 from tritonlab.kernels._splitk import compile_targets as splitk_targets
+from tritonlab.kernels.tuning import INTERPRETER_CONFIG, LastConfig, TunedKernel
+from tritonlab.ops.contract import Impl, OpSpec, dtype_name, reduction_tolerance
 
 __all__ = ["linear", "Linear", "SPECS"]
 

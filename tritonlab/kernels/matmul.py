@@ -14,9 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonlab.harness.spec import Impl, OpSpec, reduction_tolerance
 from tritonlab.kernels._gemm import (
-    TunedKernel,
     check_matmul_operands,
     gemm_configs,
     mnk,
@@ -24,8 +22,10 @@ from tritonlab.kernels._gemm import (
     precision_for,
     tile_offsets,
 )
-from tritonlab.kernels._splitk import DECODE_MAX_M, LastConfig, launch_splitk, prepare_out
+from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk, prepare_out
 from tritonlab.kernels._splitk import compile_targets as splitk_targets
+from tritonlab.kernels.tuning import LastConfig, TunedKernel
+from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
 
 __all__ = ["matmul", "SPEC"]
 

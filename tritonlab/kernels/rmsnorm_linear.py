@@ -25,11 +25,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tritonlab.harness.spec import Impl, OpSpec, Tolerance, reduction_tolerance
 from tritonlab.kernels._gemm import (
     LLAMA3_8B_DIM,
     LLAMA3_8B_HIDDEN,
-    TunedKernel,
     check_operand,
     check_same,
     compile_baseline,
@@ -41,7 +39,6 @@ from tritonlab.kernels._gemm import (
 )
 from tritonlab.kernels._splitk import (
     DECODE_MAX_M,
-    LastConfig,
     as_rows,
     check_norm,
     check_weight,
@@ -51,6 +48,8 @@ from tritonlab.kernels._splitk import (
     launch_splitk,
     prepare_out,
 )
+from tritonlab.kernels.tuning import LastConfig, TunedKernel
+from tritonlab.ops.contract import Impl, OpSpec, Tolerance, reduction_tolerance
 
 __all__ = ["rmsnorm_linear", "SPEC"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from tritonlab.harness import backend
+from tritonlab import backend
 from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
 
 IMPLS = ("triton", "torch")

@@ -36,7 +36,7 @@ class TrainingWorkload:
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; expected one of: {', '.join(IMPLS)}")
         if device is None:
-            from tritonlab.harness import backend
+            from tritonlab import backend
 
             device = backend.current().device
         self.cfg = cfg

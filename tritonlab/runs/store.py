@@ -20,8 +20,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import dumps, info
+from tritonlab.errors import UsageError
+from tritonlab.output import dumps, info
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -123,7 +123,7 @@ def _versions() -> dict:
 def build_manifest(*, kind: str, backend, device: dict, argv: Iterable[str],
                    options: Mapping, timer: Mapping | None = None) -> dict:
     """A fresh manifest: run id, time, command line, git state, versions, backend, and the
-    ``device`` (:func:`tritonlab.harness.devices.describe` plus clocks at start)."""
+    ``device`` (:func:`tritonlab.hw.devices.describe` plus clocks at start)."""
     argv = list(argv)
     return {
         "schema_version": SCHEMA_VERSION,

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tritonlab.harness import backend as backend_mod
-from tritonlab.harness.spec import Impl, Inputs, OpSpec, Outputs, Shape, Tolerance, dtype_name
+from tritonlab import backend as backend_mod
+from tritonlab.ops.contract import Impl, Inputs, OpSpec, Outputs, Shape, Tolerance, dtype_name
 
 
 @dataclass

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from tritonlab.harness import backend
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.spec import DTYPES, MODES, OpSpec, Shape
+from tritonlab import backend
+from tritonlab.errors import UsageError
+from tritonlab.ops.contract import DTYPES, MODES, OpSpec, Shape
 
 _ops: dict[str, OpSpec] | None = None
 

@@ -9,7 +9,7 @@ sizes (tokens per step), from real time (1) to throughput (thousands). The run i
 
     idle baseline, then for each mode, batch and impl: warm-up, measured phase, cool-down
 
-while :mod:`tritonlab.harness.counters` samples the device. A measured phase runs steps back
+while :mod:`tritonlab.hw.counters` samples the device. A measured phase runs steps back
 to back for a fixed duration; each step is synchronised, so its latency is what a caller
 waits for. Per phase: throughput, latency p50/p99, FLOP/s, energy per sample and per FLOP,
 average and p95 power and its share of the power limit, clocks, utilisation, GPM metrics,
@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tritonlab.harness import backend as backend_mod
-from tritonlab.harness import counters as counters_mod
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import dumps, fmt_num, table
-from tritonlab.harness.spec import DTYPES
+from tritonlab import backend as backend_mod
+from tritonlab.errors import UsageError
+from tritonlab.hw import counters as counters_mod
+from tritonlab.ops.contract import DTYPES
+from tritonlab.output import dumps, fmt_num, table
 
 MODES = ("train", "infer")
 IMPLS = ("triton", "torch")
@@ -639,8 +639,9 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
     ``auto`` (NVML on a GPU, with a warning and the CPU backend when NVML is missing),
     ``nvml`` or ``cpu``. ``workloads(mode, cfg, impl=, dtype=, device=, seed=)`` builds a
     workload (default: the lab's). ``progress`` receives one line per phase of the run."""
-    from tritonlab.harness import devices, runstore
-    from tritonlab.harness import timeline as timeline_mod
+    from tritonlab.hw import devices
+    from tritonlab.report import timeline as timeline_mod
+    from tritonlab.runs import store as runstore
     from tritonlab.workloads.model import MLPConfig
 
     be = backend_mod.current()

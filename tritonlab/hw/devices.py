@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
 
 # Keys of a ceilings table. ``float32`` is the CUDA-core (FFMA) rate; ``tf32`` is the tensor
 # core rate for fp32 inputs rounded to TF32; ``float16``/``bfloat16`` tensor-core rates with
@@ -239,7 +239,7 @@ class Peaks:
 
 def _backend_name(backend) -> str:
     if backend is None:
-        from tritonlab.harness import backend as backend_mod
+        from tritonlab import backend as backend_mod
 
         return backend_mod.current().name
     return backend if isinstance(backend, str) else backend.name
@@ -258,7 +258,7 @@ def _cpu_name() -> str:
 def _nvml_facts(index: int) -> dict:
     """Driver version, power limit and maximum clocks via NVML ({} where NVML is missing;
     None for a query the device or driver does not answer)."""
-    from tritonlab.harness.timing import nvml_handle
+    from tritonlab.measure.timing import nvml_handle
 
     handle = nvml_handle(index)
     if handle is None:
@@ -295,7 +295,7 @@ def describe(backend=None) -> dict:
     if name == "cuda":
         import torch
 
-        from tritonlab.harness.timing import gpu_clocks
+        from tritonlab.measure.timing import gpu_clocks
 
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
@@ -548,7 +548,7 @@ def _num(value: float | None):
 
 def spec_lines(spec: DeviceSpec) -> list[str]:
     """A datasheet entry as text lines (``tritonlab device --spec``)."""
-    from tritonlab.harness.output import fmt_num, table
+    from tritonlab.output import fmt_num, table
 
     rows = [[key, _num(spec.tflops.get(key)), _num(spec.ridge(key))] for key in COMPUTE_KEYS]
     lines = [f"{spec.name} ({spec.arch}), matched by: {', '.join(spec.patterns)}",
@@ -571,7 +571,7 @@ def _fact(key: str, value) -> str:
 
 def device_lines(info: dict, peaks: Peaks | None) -> list[str]:
     """The present device and its ceilings, spec beside measured (``tritonlab device``)."""
-    from tritonlab.harness.output import table
+    from tritonlab.output import table
 
     skip = {"spec_name", "name", "kind", "backend", "clocks_at_start"}
     lines = [f"{info['name']} ({info['kind']}, backend {info['backend']})",

@@ -5,8 +5,8 @@ specialised signature, constexprs, launch options, target capability and the cac
 fill). :func:`compile_job` runs it in the calling process, which needs the kernel as a real
 ``JITFunction``. Under ``TRITON_INTERPRET=1`` every ``@triton.jit`` function, including
 Triton's own ``tl.cdiv`` and the lab's helpers, is an ``InterpretedFunction`` that the code
-generator cannot call, so :mod:`tritonlab.harness.inspect` runs jobs in worker processes
-(``python -m tritonlab.harness.inspect_compile``) that import Triton with the interpreter
+generator cannot call, so :mod:`tritonlab.static.driver` runs jobs in worker processes
+(``python -m tritonlab.static.compile``) that import Triton with the interpreter
 switched off. Workers read jobs as JSON lines on stdin and print one JSON line per finished
 job on stdout.
 

@@ -2,7 +2,7 @@
 temperature or memory, with the phases shaded) and a Chrome trace-event JSON of the same data
 that opens in Perfetto (ui.perfetto.dev) or chrome://tracing.
 
-Both read a finished :class:`tritonlab.harness.counters.Sampler`: its samples, GPM windows
+Both read a finished :class:`tritonlab.hw.counters.Sampler`: its samples, GPM windows
 and phases. Trace format: counter events (``"ph": "C"``) on one track per unit (the event's
 ``args`` hold one series per metric), phases as complete events (``"ph": "X"``) on their own
 thread; times in microseconds since the sampler started.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tritonlab.harness.counters import GPM_METRICS, Sampler
+from tritonlab.hw.counters import GPM_METRICS, Sampler
 
 # Panels of the PNG: (title, unit label, metrics). A panel with no data says why instead.
 NVML_PANELS = (

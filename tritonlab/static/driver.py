@@ -11,7 +11,7 @@ kernel and reports what a kernel engineer reads before timing it:
 * shared memory: the cubin's static part plus the dynamic part Triton requests at launch;
 * threads per block (the PTX ``.reqntid``) and the theoretical occupancy on that
   architecture from :data:`ARCHS` (see :func:`occupancy`);
-* an instruction mix from the SASS (:func:`tritonlab.harness.inspect_sass.instruction_mix`).
+* an instruction mix from the SASS (:func:`tritonlab.static.sass.instruction_mix`).
 
 Compiled results are cached (see :func:`cache_dir`), keyed by the kernel's source files, the
 target, the specialised signature, the config and the Triton version; the report is derived
@@ -41,9 +41,10 @@ from pathlib import Path
 
 import torch
 
-from tritonlab.harness import inspect_sass
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.spec import OpSpec, dtype_name
+from tritonlab.errors import UsageError
+from tritonlab.kernels.tuning import CompileTarget, config_dict
+from tritonlab.ops.contract import OpSpec, dtype_name
+from tritonlab.static import sass as inspect_sass
 
 # ------------------------------------------------------------------ per-architecture limits
 
@@ -123,7 +124,7 @@ def parse_arch(name: str | tuple[int, int]) -> ArchLimits:
 
 def default_archs() -> list[ArchLimits]:
     """The GPU's own architecture on the cuda backend, else sm_90a (the lab's H100/H200)."""
-    from tritonlab.harness import backend
+    from tritonlab import backend
 
     if backend.current().is_gpu:
         try:
@@ -196,19 +197,6 @@ _TORCH_TO_TRITON = {
 }
 
 
-def config_dict(config) -> dict:
-    """A ``triton.Config`` (or a dict already) as the flat dict the lab uses everywhere:
-    the meta-parameters plus num_warps and num_stages (num_ctas / maxnreg when set)."""
-    if isinstance(config, Mapping):
-        return dict(config)
-    out = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-    if getattr(config, "num_ctas", 1) not in (None, 1):
-        out["num_ctas"] = config.num_ctas
-    if getattr(config, "maxnreg", None) is not None:
-        out["maxnreg"] = config.maxnreg
-    return out
-
-
 def _unwrap(kernel):
     """The @triton.jit function under triton.autotune / triton.heuristics wrappers."""
     from triton.runtime.jit import JITFunction
@@ -268,88 +256,60 @@ def _scalar_type(value, specialize: bool, align: bool) -> tuple[str, bool]:
     raise TypeError(f"cannot infer a Triton type for {value!r}")
 
 
-@dataclass(frozen=True)
-class CompileTarget:
-    """One kernel as an op launches it, for ``tritonlab inspect`` (see docs/inspect.md).
+def target_configs(target: CompileTarget, arch: ArchLimits) -> list[dict]:
+    """The target's launch configs for ``arch``, as flat dicts."""
+    configs = target.configs(arch.capability) if callable(target.configs) else target.configs
+    return [config_dict(c) for c in configs]
 
-    ``name``: a label unique within the op (e.g. ``"fwd"``, ``"bwd_dx"``).
-    ``kernel``: the ``@triton.jit`` function; it must be a module-level name of its module
-    (compile workers import it from there).
-    ``dtype``: the element type of every argument named ``*_ptr``.
-    ``values``: a typical launch's arguments: ints for sizes and strides (a stride of 1 becomes
-    a constant and a multiple of 16 is marked divisible, as Triton's JIT does), floats,
-    constexpr values (bool, int, str, tl.dtype), and a torch.dtype for a pointer argument
-    whose element type differs from ``dtype``. Config keys need not be given here.
-    ``configs``: the launch configs per architecture: a function of the compute capability
-    (``(9, 0)``) returning ``triton.Config``s or flat dicts, or one list for every
-    architecture. The first entries are the "main" configs.
-    ``heuristics``: constexpr name -> function of the launch arguments, evaluated after the
-    config is applied (as ``triton.heuristics`` does).
-    ``impls``: the op's Triton impls that launch this kernel (None: all of them).
-    """
+def target_params(target: CompileTarget) -> list[str]:
+    """The names of the target kernel's arguments, in order."""
+    return [p for p, _, _ in _kernel_params(target.kernel)]
 
-    name: str
-    kernel: object
-    dtype: torch.dtype
-    values: Mapping[str, object]
-    configs: Callable[[tuple[int, int]], Sequence] | Sequence
-    heuristics: Mapping[str, Callable[[dict], object]] = field(default_factory=dict)
-    impls: tuple[str, ...] | None = None
-
-    @property
-    def kernel_name(self) -> str:
-        return _unwrap(self.kernel).fn.__name__
-
-    def configs_for(self, arch: ArchLimits) -> list[dict]:
-        configs = self.configs(arch.capability) if callable(self.configs) else self.configs
-        return [config_dict(c) for c in configs]
-
-    def param_names(self) -> list[str]:
-        return [p for p, _, _ in _kernel_params(self.kernel)]
-
-    def specialise(self, config: Mapping) -> dict:
-        """The signature, constexprs, divisible arguments and compile options of a launch
-        with ``config``; ValueError when an argument has no value."""
-        params = _kernel_params(self.kernel)
-        known = {p for p, _, _ in params}
-        unknown = sorted((set(self.values) | set(config)) - known - set(OPTION_KEYS))
-        if unknown:
-            raise ValueError(f"{self.kernel_name} has no argument(s) {', '.join(unknown)}; "
-                             f"its arguments: {', '.join(p for p, _, _ in params)}")
-        args = {**self.values, **{k: v for k, v in config.items() if k not in OPTION_KEYS}}
-        for name, rule in self.heuristics.items():
-            args[name] = rule(args)
-        no_spec, no_align = _no_specialize(self.kernel)
-        signature, constexprs, divisible, missing = {}, {}, [], []
-        for name, is_const, default in params:
-            value = args.get(name, default)
-            if value is pyinspect.Parameter.empty:
-                if name.endswith("_ptr"):
-                    value = self.dtype
-                else:
-                    missing.append(name)
-                    continue
-            if is_const:
-                signature[name] = "constexpr"
-                constexprs[name] = value
-            elif isinstance(value, torch.dtype):
-                signature[name] = "*" + _TORCH_TO_TRITON[value]
-                if name not in no_spec and name not in no_align:
-                    divisible.append(name)
+def specialise(target: CompileTarget, config: Mapping) -> dict:
+    """The signature, constexprs, divisible arguments and compile options of a launch
+    with ``config``; ValueError when an argument has no value."""
+    params = _kernel_params(target.kernel)
+    known = {p for p, _, _ in params}
+    unknown = sorted((set(target.values) | set(config)) - known - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"{target.kernel_name} has no argument(s) {', '.join(unknown)}; "
+                         f"its arguments: {', '.join(p for p, _, _ in params)}")
+    args = {**target.values, **{k: v for k, v in config.items() if k not in OPTION_KEYS}}
+    for name, rule in target.heuristics.items():
+        args[name] = rule(args)
+    no_spec, no_align = _no_specialize(target.kernel)
+    signature, constexprs, divisible, missing = {}, {}, [], []
+    for name, is_const, default in params:
+        value = args.get(name, default)
+        if value is pyinspect.Parameter.empty:
+            if name.endswith("_ptr"):
+                value = target.dtype
             else:
-                ty, div = _scalar_type(value, name not in no_spec, name not in no_align)
-                signature[name] = ty
-                if ty == "constexpr":
-                    constexprs[name] = value
-                if div:
-                    divisible.append(name)
-        if missing:
-            raise ValueError(f"{self.kernel_name}: no value for argument(s) "
-                             f"{', '.join(missing)} (give them in CompileTarget.values or "
-                             f"the config)")
-        options = {k: config[k] for k in OPTION_KEYS if k in config}
-        return {"signature": signature, "constexprs": constexprs, "divisible": divisible,
-                "options": options}
+                missing.append(name)
+                continue
+        if is_const:
+            signature[name] = "constexpr"
+            constexprs[name] = value
+        elif isinstance(value, torch.dtype):
+            signature[name] = "*" + _TORCH_TO_TRITON[value]
+            if name not in no_spec and name not in no_align:
+                divisible.append(name)
+        else:
+            ty, div = _scalar_type(value, name not in no_spec, name not in no_align)
+            signature[name] = ty
+            if ty == "constexpr":
+                constexprs[name] = value
+            if div:
+                divisible.append(name)
+    if missing:
+        raise ValueError(f"{target.kernel_name}: no value for argument(s) "
+                         f"{', '.join(missing)} (give them in CompileTarget.values or "
+                         f"the config)")
+    options = {k: config[k] for k in OPTION_KEYS if k in config}
+    return {"signature": signature, "constexprs": constexprs, "divisible": divisible,
+            "options": options}
+
+
 
 
 def op_targets(op: OpSpec, dtype: torch.dtype) -> list[CompileTarget]:
@@ -410,7 +370,7 @@ def check_config_keys(config: Mapping, targets: Iterable[CompileTarget]) -> None
 
 
 def _applies(config: Mapping, target: CompileTarget) -> bool:
-    names = set(target.param_names())
+    names = set(target_params(target))
     return all(k in names for k in config if k not in OPTION_KEYS)
 
 
@@ -503,7 +463,7 @@ class _Job:
 
     def payload(self, root: Path) -> dict:
         fn = _unwrap(self.target.kernel).fn
-        from tritonlab.harness.inspect_compile import encode_constexpr
+        from tritonlab.static.compile import encode_constexpr
 
         return {"key": self.key, "module": fn.__module__, "function": fn.__name__,
                 "signature": self.spec["signature"],
@@ -517,10 +477,10 @@ def _make_job(op: str, target: CompileTarget, arch: ArchLimits, dtype: torch.dty
               config: dict, index: int | None, digests: dict) -> _Job:
     import triton
 
-    from tritonlab.harness.inspect_compile import encode_constexpr
+    from tritonlab.static.compile import encode_constexpr
 
     try:
-        spec = target.specialise(config)
+        spec = specialise(target, config)
         constexprs = {k: encode_constexpr(v) for k, v in spec["constexprs"].items()}
     except (ValueError, TypeError, KeyError) as exc:
         return _Job(op, target, arch, dtype, config, index, None,
@@ -593,7 +553,7 @@ class _Worker:
 
 
 def _start_worker(index: int, events: queue.Queue) -> _Worker:
-    proc = subprocess.Popen([sys.executable, "-m", "tritonlab.harness.inspect_compile"],
+    proc = subprocess.Popen([sys.executable, "-m", "tritonlab.static.compile"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_worker_env())
     worker = _Worker(proc, [])
@@ -693,7 +653,7 @@ def _compile(jobs: Sequence[_Job], root: Path, progress: Progress | None,
     if not misses:
         return {}, 0, len(hits)
     if len(misses) == 1 and _in_process_ok(misses):
-        from tritonlab.harness.inspect_compile import compile_job
+        from tritonlab.static.compile import compile_job
 
         job = misses[0]
         compile_job(job.payload(root), kernel=_unwrap(job.target.kernel))
@@ -717,7 +677,7 @@ def config_slug(config: Mapping) -> str:
 
 def _analyse(entry: Path, arch: ArchLimits) -> dict:
     """The report of one compiled kernel, from the cache entry's compiler outputs."""
-    from tritonlab.harness.inspect_compile import read_artifact
+    from tritonlab.static.compile import read_artifact
 
     meta = json.loads((entry / "meta.json").read_text())
     if meta.get("error"):
@@ -778,7 +738,7 @@ def dump_row(row: Mapping, out_dir: Path) -> list[Path]:
     dest = (out_dir / row["op"] / row["target"] / row["arch"] / row["dtype"]
             / config_slug(row["config"]))
     dest.mkdir(parents=True, exist_ok=True)
-    from tritonlab.harness.inspect_compile import ARTIFACTS, read_artifact
+    from tritonlab.static.compile import ARTIFACTS, read_artifact
 
     written = []
     for name in ARTIFACTS:
@@ -854,7 +814,7 @@ def run(ops: Sequence[OpSpec], archs: Sequence[ArchLimits], dtypes: Sequence[tor
                 continue
             for target in op_targets(op, dtype):
                 for arch in archs:
-                    listed = target.configs_for(arch)
+                    listed = target_configs(target, arch)
                     if configs:
                         chosen = [({**listed[0], **c} if listed else dict(c), None)
                                   for c in configs if _applies(c, target)]
@@ -909,7 +869,7 @@ def static_facts(op: OpSpec | str, impl: str | None, config: Mapping | None,
     kernel could not be compiled). Never raises for a kernel that does not compile; returns
     ``{"error": ...}`` when no target of the op matches.
     """
-    from tritonlab.harness import registry
+    from tritonlab.ops import registry
 
     spec = registry.discover()[op] if isinstance(op, str) else op
     try:
@@ -928,12 +888,12 @@ def static_facts(op: OpSpec | str, impl: str | None, config: Mapping | None,
     # dropped; a target is one that takes every remaining key, and when several do, those
     # whose own configs have exactly these keys (a tiled GEMM's GROUP_M tells it apart from
     # a split-K kernel with the same tile names).
-    taken = set(OPTION_KEYS).union(*(t.param_names() for t in candidates))
+    taken = set(OPTION_KEYS).union(*(target_params(t) for t in candidates))
     cfg = {k: v for k, v in (config or {}).items() if k in taken}
     targets = [t for t in candidates if _applies(cfg, t)]
     tunables = {k for k in cfg if k not in OPTION_KEYS}
     exact = [t for t in targets if any({k for k in c if k not in OPTION_KEYS} == tunables
-                                       for c in t.configs_for(limits))]
+                                       for c in target_configs(t, limits))]
     targets = exact if tunables and exact else targets
     if not targets:
         return {"arch": limits.name, "kernels": [],
@@ -942,10 +902,10 @@ def static_facts(op: OpSpec | str, impl: str | None, config: Mapping | None,
     jobs, digests = [], {}
     for t in targets:
         if values:
-            names = set(t.param_names())
+            names = set(target_params(t))
             t = dataclasses.replace(t, values={**t.values, **{k: v for k, v in values.items()
                                                               if k in names}})
-        listed = t.configs_for(limits)
+        listed = target_configs(t, limits)
         merged = {**(listed[0] if listed else {}), **cfg}
         jobs.append(_make_job(spec.name, t, limits, dtype, merged, None, digests))
     root = cache_dir()

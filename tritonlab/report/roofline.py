@@ -19,15 +19,15 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from tritonlab.harness.devices import Ceilings, Peaks
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
+from tritonlab.hw.devices import Ceilings, Peaks
 
 ROW_FIELDS = ("roofline_tflops", "pct_roofline", "roofline_bound",
               "roofline_tflops_measured", "pct_roofline_measured", "roofline_bound_measured")
 
 
 def compute_key(row: Mapping) -> str:
-    """The ceilings key (:data:`tritonlab.harness.devices.COMPUTE_KEYS`) for a row."""
+    """The ceilings key (:data:`tritonlab.hw.devices.COMPUTE_KEYS`) for a row."""
     dtype = str(row.get("dtype") or "")
     if dtype == "float32":
         config = row.get("config") if isinstance(row.get("config"), Mapping) else {}

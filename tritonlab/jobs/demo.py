@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonlab.harness import backend as backend_mod
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import dumps
+from tritonlab import backend as backend_mod
+from tritonlab.errors import UsageError
+from tritonlab.output import dumps
 
 # What one demo does per backend. ``check_shapes`` / ``sweep_shapes``: at most this many
 # shapes of the preset per op, spread over its FLOPs range (None: all); ``sweep_dtypes``: the
@@ -119,7 +119,7 @@ def _first_config_only(enabled: bool):
 
 
 def _check(ops, n_shapes: int | None, say) -> tuple[list[dict], list[str]]:
-    from tritonlab.harness import check
+    from tritonlab.measure import check
 
     be = backend_mod.current()
     cases, failures = [], []
@@ -142,9 +142,11 @@ def _check(ops, n_shapes: int | None, say) -> tuple[list[dict], list[str]]:
 
 
 def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str]:
-    from tritonlab.harness import devices, registry, sweep
-    from tritonlab.harness.runstore import RunDir, shape_str
-    from tritonlab.harness.spec import dtype_name
+    from tritonlab.hw import devices
+    from tritonlab.ops import registry
+    from tritonlab.ops.contract import dtype_name
+    from tritonlab.runs import sweep
+    from tritonlab.runs.store import RunDir, shape_str
 
     be = backend_mod.current()
     preset = settings["sweep_preset"]
@@ -187,9 +189,11 @@ def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
     is. ``ops`` limits it to some ops (default: all); ``settings`` overrides entries of
     :data:`SETTINGS` for the present backend (the tests shorten the contrast with it).
     Raises UsageError for an unknown op or an ``out_dir`` holding other files in the way."""
-    from tritonlab.harness import contrast as contrast_mod
-    from tritonlab.harness import devices, registry, report
-    from tritonlab.harness.runstore import command_argv
+    from tritonlab.contrast import run as contrast_mod
+    from tritonlab.hw import devices
+    from tritonlab.ops import registry
+    from tritonlab.report import render as report
+    from tritonlab.runs.store import command_argv
 
     say = progress or (lambda _msg: None)
     be = backend_mod.current()

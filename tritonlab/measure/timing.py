@@ -18,7 +18,7 @@ window. Then the callables are timed *interleaved*, in rounds (the order reverse
 other round), so they share the same clock and thermal conditions; in each round a
 callable makes ``reps`` calls, about (slowest call / its call) and at most
 :data:`MAX_REPS`, so a fast baseline beside a slow kernel still gets many samples. Rounds go
-on until every callable meets the :class:`~tritonlab.harness.stats.StopRule` (CI of the
+on until every callable meets the :class:`~tritonlab.measure.stats.StopRule` (CI of the
 median within 1%, or the time budget spent); one that met it early keeps being called, so
 all are measured over the same window.
 """
@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tritonlab.harness.counters import THROTTLE_MASK, throttle_names
-from tritonlab.harness.stats import StopRule, StopTracker, Summary, summarize
+from tritonlab.hw.counters import THROTTLE_MASK, throttle_names
+from tritonlab.measure.stats import StopRule, StopTracker, Summary, summarize
 
 CACHE_MODES = ("cold", "warm")
 # A spin kernel longer than this would mean the call synchronises with the host anyway.

@@ -2,9 +2,9 @@
 
 * ``static``: the compiled kernel's registers, spills, shared memory, occupancy and
   tensor-core instruction counts for the config the point ran with
-  (:func:`tritonlab.harness.inspect.static_facts`, from the compile cache);
+  (:func:`tritonlab.static.driver.static_facts`, from the compile cache);
 * ``counters``: average power, energy per call and SM clock while the point runs back to
-  back for a short window (:func:`tritonlab.harness.counters.sweep_hook`), with the samples
+  back for a short window (:func:`tritonlab.hw.counters.sweep_hook`), with the samples
   written to ``RUN/counters.csv``.
 
 Under the interpreter neither means anything (no GPU, no SASS of the run), so no hook runs.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tritonlab.harness import backend as backend_mod
-from tritonlab.harness.output import info
+from tritonlab import backend as backend_mod
+from tritonlab.output import info
 
 # Each point runs this long more inside its counter window: two updates of NVML's energy
 # counter (100 ms), enough for average power and clocks; energy per call is reported with its
@@ -33,7 +33,7 @@ def static_hook(arch: tuple[int, int]):
     kernel, each the facts of *that* target. The facts are those of the config as launched on
     the op's typical problem (its compile targets' values), not re-specialised per shape:
     compiling every point's own specialisation would cost a compile per point."""
-    from tritonlab.harness.inspect import static_facts
+    from tritonlab.static.driver import static_facts
 
     def facts_for(op, impl, config, dtype, target=None):
         facts = static_facts(op, impl.name, config, dtype, arch)
@@ -73,7 +73,7 @@ def gpu_point_hooks(run_dir: Path, *, counters: bool = True, static: bool = True
         hooks.append(static_hook(torch.cuda.get_device_capability()))
     sampler = None
     if counters:
-        from tritonlab.harness import counters as counters_mod
+        from tritonlab.hw import counters as counters_mod
 
         # NVML numbers GPUs in PCI order whatever CUDA_VISIBLE_DEVICES says: name it by UUID.
         uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
 
 MIB = 1024 * 1024
 DEFAULT_INTERVAL_S = 0.02

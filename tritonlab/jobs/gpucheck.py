@@ -1,5 +1,5 @@
 """``make gpu-check``: everything that needs a GPU, in one command that fits in 8 minutes on
-one H100/H200 (``python -m tritonlab.gpucheck --out DIR``).
+one H100/H200 (``python -m tritonlab.jobs.gpucheck --out DIR``).
 
 The check is the list :data:`STEPS`; each :class:`Step` is a command with a time budget.
 Steps run in order as subprocesses (stdout to ``DIR/<step>.out``, stderr to
@@ -271,7 +271,7 @@ STEPS: list[Step] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonlab.gpucheck",
+    parser = argparse.ArgumentParser(prog="python -m tritonlab.jobs.gpucheck",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None,
                         help="output directory (default: reports/gpu-<date-time>)")

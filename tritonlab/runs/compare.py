@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import fmt_num, info, table
-from tritonlab.harness.runstore import RunDir, Warn, format_key, point_key, shape_str
-from tritonlab.harness.stats import geomean, ratio_of_medians_ci
+from tritonlab.errors import UsageError
+from tritonlab.measure.stats import geomean, ratio_of_medians_ci
+from tritonlab.output import fmt_num, info, table
+from tritonlab.runs.store import RunDir, Warn, format_key, point_key, shape_str
 
 DEFAULT_THRESHOLD = 0.05
 

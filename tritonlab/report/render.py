@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tritonlab.harness import devices, roofline, runstore
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import fmt_num
+from tritonlab.errors import UsageError
+from tritonlab.hw import devices
+from tritonlab.output import fmt_num
+from tritonlab.report import roofline
+from tritonlab.runs import store as runstore
 
 # ------------------------------------------------------------------------------- run loading
 
@@ -87,7 +89,7 @@ def _device_uuid(manifest: Mapping) -> str | None:
 
 
 def load_run(path) -> Run:
-    """Read and validate a run directory through :class:`tritonlab.harness.runstore.RunDir`:
+    """Read and validate a run directory through :class:`tritonlab.runs.store.RunDir`:
     UsageError for a missing directory, one without ``manifest.json``, an unreadable file or
     a ``schema_version`` newer than this tritonlab reads (manifest, rows or contrast). A
     truncated last line of ``results.jsonl`` (an interrupted run) is skipped with a warning."""
@@ -135,7 +137,7 @@ def run_peaks(run: Run) -> devices.Peaks | None:
 def _unfused_bytes_fn(op_name: str):
     """The op's ``unfused_bytes`` from its SPEC (None when the op is unknown here or not
     fused)."""
-    from tritonlab.harness import registry
+    from tritonlab.ops import registry
 
     try:
         spec = registry.discover().get(op_name)
@@ -148,7 +150,7 @@ def _annotate(run: Run) -> None:
     """Fill the roofline fields of rows that have none (the sweep knew no ceilings, e.g. the
     CPU before `tritonlab device --measure`, but the report does), and the unfused intensity
     of fused ops (for the linked points of the roofline)."""
-    from tritonlab.harness.spec import DTYPES
+    from tritonlab.ops.contract import DTYPES
 
     fns: dict[str, object] = {}
     for row in run.rows:
@@ -520,7 +522,7 @@ _PHASE_PANELS = (
 
 def _contrast(runs: list[Run], fig_dir: Path) -> list:
     """The training-vs-inference section from contrast.json (written by
-    :mod:`tritonlab.harness.contrast`): verdict, phase table, bars, kernel-vs-baseline
+    :mod:`tritonlab.contrast.run`): verdict, phase table, bars, kernel-vs-baseline
     ratios, the counter timeline. Every key is optional."""
     with_contrast = [r for r in runs if r.contrast is not None]
     if not with_contrast:
@@ -634,7 +636,7 @@ def _correctness(runs: list[Run]) -> list:
     return blocks
 
 
-# Static facts shown per kernel (from :func:`tritonlab.harness.inspect.static_facts`).
+# Static facts shown per kernel (from :func:`tritonlab.static.driver.static_facts`).
 _STATIC_FIELDS = ("registers", "spill_stores", "spill_loads", "smem_bytes", "threads",
                   "blocks_per_sm", "occupancy", "occupancy_limiter", "tensor_core", "error")
 

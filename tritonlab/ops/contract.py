@@ -114,7 +114,7 @@ class OpSpec:
     shape, mode)`` bounds the error against ``reference``. ``dtypes_interpreter`` lists the
     dtypes whose results the interpreter computes correctly (bf16 dots are wrong there).
     ``compile_targets(dtype)`` lists the kernels and launch configs that ``tritonlab inspect``
-    compiles (see :mod:`tritonlab.harness.inspect`).
+    compiles (see :mod:`tritonlab.static.driver`).
     """
 
     name: str

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from tritonlab.harness.errors import UsageError
+from tritonlab.errors import UsageError
 
 BACKENDS = ("cuda", "interpreter")
 ENV_VAR = "TRITONLAB_BACKEND"

@@ -1,10 +1,10 @@
 """Sweeps: every point (op, mode, dtype, shape) x implementation, checked, then timed.
 
 For each point, every implementation is first checked against the float64 reference
-(:func:`tritonlab.harness.check.check_case`, fresh seeded inputs, NaN-poisoned outputs); an
+(:func:`tritonlab.measure.check.check_case`, fresh seeded inputs, NaN-poisoned outputs); an
 incorrect one is recorded (``correct: false`` and why) and never timed. The correct ones are
 then built on one shared set of inputs and timed *interleaved* by one
-:class:`~tritonlab.harness.timing.Timer`, so the Triton kernel and its baselines see the same
+:class:`~tritonlab.measure.timing.Timer`, so the Triton kernel and its baselines see the same
 data, clocks and temperature; each Triton row gets ``speedup`` = baseline ms / its ms for
 every baseline of the point. The rows of a point are appended to ``results.jsonl`` (and
 flushed) as soon as the point is done, so a crash or Ctrl-C loses at most the point being
@@ -15,7 +15,7 @@ Extension point: :data:`POINT_HOOKS` (or ``hooks=`` of :func:`run_sweep`) holds 
 the row so far and the built callable (None when the implementation was not timed); the
 dict they return is merged into the row. A hook that raises is recorded in the row's
 ``hook_errors`` and the sweep goes on. On a GPU, :func:`sweep` adds the hooks of
-:mod:`tritonlab.harness.point_hooks` (static compile facts and a counter summary per point).
+:mod:`tritonlab.runs.point_hooks` (static compile facts and a counter summary per point).
 """
 
 from __future__ import annotations
@@ -27,12 +27,17 @@ from pathlib import Path
 
 import torch
 
-from tritonlab.harness import backend as backend_mod
-from tritonlab.harness import check, registry, roofline
-from tritonlab.harness.errors import UsageError
-from tritonlab.harness.output import fmt_num, info, table
-from tritonlab.harness.point_hooks import gpu_point_hooks
-from tritonlab.harness.runstore import (
+from tritonlab import backend as backend_mod
+from tritonlab.errors import UsageError
+from tritonlab.kernels.tuning import TUNING_LOG
+from tritonlab.measure import check
+from tritonlab.measure.timing import Measurement, Timer, default_rule, make_timer
+from tritonlab.ops import registry
+from tritonlab.ops.contract import Impl, OpSpec, Shape, dtype_name
+from tritonlab.output import fmt_num, info, table
+from tritonlab.report import roofline
+from tritonlab.runs.point_hooks import gpu_point_hooks
+from tritonlab.runs.store import (
     SCHEMA_VERSION,
     RunDir,
     build_manifest,
@@ -40,8 +45,6 @@ from tritonlab.harness.runstore import (
     point_key,
     shape_str,
 )
-from tritonlab.harness.spec import Impl, OpSpec, Shape, dtype_name
-from tritonlab.harness.timing import Measurement, Timer, default_rule, make_timer
 
 PointHook = Callable[[OpSpec, Impl, dict, Callable[[], object] | None], Mapping | None]
 POINT_HOOKS: list[PointHook] = []
@@ -192,8 +195,6 @@ def plan_from_args(op_names: Sequence[str], preset: str | None, shape_texts: Seq
 # ------------------------------------------------------------------------------ measuring
 
 def _tuning_log() -> list[dict]:
-    from tritonlab.kernels._gemm import TUNING_LOG
-
     return TUNING_LOG
 
 
@@ -226,9 +227,9 @@ def _free_memory(error: str | None) -> None:
 
 
 def _current_peaks(be):
-    """This device's roofline peaks (:func:`tritonlab.harness.devices.current_peaks`), or
+    """This device's roofline peaks (:func:`tritonlab.hw.devices.current_peaks`), or
     None where none are known (rows then keep null roofline fields)."""
-    from tritonlab.harness import devices
+    from tritonlab.hw import devices
 
     try:
         return devices.current_peaks(be)
@@ -414,7 +415,7 @@ def open_run(out: Path, *, resume: bool, be, argv: Sequence[str], selection: Map
              options: SweepOptions, timer: Timer) -> RunDir:
     """Create the run directory, or reopen it for ``resume`` after checking that it was
     measured the same way (backend, device, cache, graph)."""
-    from tritonlab.harness import devices
+    from tritonlab.hw import devices
 
     if not resume:
         device = {**devices.describe(be), "clocks_at_start": timer.clocks()}
