@@ -38,10 +38,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tritonlab tests
 
-# One command for a lent H100/H200 (fits in 8 minutes): GPU tests, a quick sweep of every op,
-# a short contrast and a report, all under reports/gpu-<date>/.
+# One command for a lent H100/H200 (fits in 8 minutes): GPU tests, the CPU lane's GEMM tests
+# compiled for the GPU, a quick sweep of every op, a short contrast and a report, all under
+# reports/gpu-<date>/.
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) -m tritonlab.jobs.gpucheck --out reports/gpu-$$(date +%Y%m%d-%H%M%S)
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m tritonlab.cli gpu-check --repo $(CURDIR) --out reports/gpu-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -44,39 +44,6 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           text=True, timeout=timeout, cwd=ROOT, env=full_env)
 
 
-def aten_traffic(fn, *args, **kwargs) -> tuple[int, list[tuple[str, int]]]:
-    """Run ``fn`` and count the bytes each aten op it dispatches reads and writes: the nbytes
-    of every tensor argument plus every tensor it returns. An op whose outputs all share
-    storage with its inputs without writing them (a view, or a ``.to()`` that returned its
-    input) moves nothing and is skipped. An independent count of an eager chain's DRAM
-    traffic, to check the ``bytes`` / ``unfused_bytes`` formulas of the SPECs.
-    Returns (total, [(op, bytes)])."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    ops: list[tuple[str, int]] = []
-
-    def tensors(tree):
-        return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = tensors((args, kwargs))
-            storages = {t.untyped_storage().data_ptr() for t in inputs}
-            writes = any(a.alias_info is not None and a.alias_info.is_write
-                         for a in func._schema.arguments)
-            outputs = tensors(out)
-            if writes or any(t.untyped_storage().data_ptr() not in storages for t in outputs):
-                ops.append((str(func), sum(t.numel() * t.element_size()
-                                           for t in inputs + outputs)))
-            return out
-
-    with Count():
-        fn(*args, **kwargs)
-    return sum(n for _, n in ops), ops
-
-
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu skip with a reason on a machine without CUDA (instead of erroring)."""
     if torch.cuda.is_available():

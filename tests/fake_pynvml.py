@@ -1,7 +1,7 @@
 """A stand-in for nvidia-ml-py's ``pynvml`` that models the behaviour the counter sampler
 relies on, so the NVML backend is tested on a machine without a GPU.
 
-What it models (from the real API and REFERENCE.md "NVML"):
+What it models (from the real API and docs/reference.md, "NVML and GPM"):
 
 - ``nvmlInit`` fails with an NVMLError when configured to (no library, no permission); every
   device call before ``nvmlInit`` fails with NVML_ERROR_UNINITIALIZED.

@@ -1,11 +1,14 @@
-"""The CLI's list and check through a real subprocess, and every bad input of issue 2."""
+"""The CLI through a real subprocess: list and check, every kind of bad input (exit 2), the
+group's --backend (applied before any kernel is decorated) and sweep progress."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 
 def test_list_json_is_clean_and_lists_matmul():
@@ -80,3 +83,53 @@ def test_bad_input_exits_2_with_the_valid_choices(args, needle):
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+# ------------------------------------------------------------ the group and its subcommands
+
+def test_help_lists_every_command():
+    r = run_cli("--help")
+    assert r.returncode == 0, r.stderr
+    for name in ("list", "check", "sweep", "compare", "contrast", "device", "inspect", "report",
+                 "demo", "new", "gpu-check"):
+        assert f"  {name} " in r.stdout
+
+
+def test_importing_the_cli_decorates_no_kernel():
+    # The backend must be chosen before the first kernel is decorated, so the group itself
+    # imports no kernel; a subcommand's module is imported once --backend was applied.
+    code = ("import sys, tritonlab.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('tritonlab.kernels', "
+            "'tritonlab.ops', 'triton.'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_backend_from_the_environment_and_the_flag():
+    r = run_cli("list", "--json", env={"TRITONLAB_BACKEND": "interpreter"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backend"] == "interpreter"
+    r = run_cli("--backend", "nope", "list", env={"TRITONLAB_BACKEND": "interpreter"})
+    assert r.returncode == 2 and "nope" in r.stderr and r.stdout == ""
+
+
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(be):
+    if be.is_gpu:
+        pytest.skip("a GPU is present")
+    r = run_cli("--backend", "cuda", "list")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        "error: backend 'cuda' requested but torch sees no CUDA GPU; use --backend interpreter"]
+
+
+def test_sweep_progress_goes_to_stderr_and_is_off_with_json(tmp_path):
+    args = ["sweep", "matmul", "--shape", "64x64x64", "--dtype", "float32", "--impl", "triton",
+            "--budget", "0.05"]
+    r = run_cli(*args, "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert "[2/2] matmul" in r.stderr and "[2/2]" not in r.stdout
+    r = run_cli(*args, "--out", str(tmp_path / "b"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "[1/2]" not in r.stderr and len(json.loads(r.stdout)["rows"]) == 2

@@ -1,4 +1,4 @@
-"""`tritonlab compare` (harness/compare.py) on two real interpreter runs, on copies of a run
+"""`tritonlab compare` (tritonlab/runs/compare.py) on two real interpreter runs, on copies of a run
 whose times were doubled or halved or whose points fail, and on bad input."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import run_cli
 
 from tritonlab.cli import cli
-from tritonlab.runs.compare import compare_point
+from tritonlab.runs.compare import compare_point, speedup_geomeans
 
 SWEEP = ("sweep", "matmul", "--shape", "64x64x64", "--shape", "1x130x75", "--dtype", "float32",
          "--mode", "fwd", "--budget", "0.3")
@@ -153,6 +153,27 @@ def test_slowdown_must_beat_both_threshold_and_noise():
     p = compare_point(_row(noisy_base), _row(noisy_new), 0.05)
     assert p["speedup_ci"][0] < 1.0 < p["speedup_ci"][1]
     assert p["verdict"] in ("within noise", "same")
+
+
+def test_geometric_means_skip_points_without_a_speedup():
+    def point(impl, speedup):
+        return {"op": "matmul", "impl": impl, "speedup": speedup}
+
+    geo = speedup_geomeans([point("triton", 1.0), point("triton", 4.0), point("torch", 0.5),
+                            point("torch", 2.0), point("torch", 1.0)])
+    assert [(g["op"], g["impl"], g["n"]) for g in geo] == [
+        ("matmul", None, 5), ("matmul", "torch", 3), ("matmul", "triton", 2)]
+    by_impl = {g["impl"]: g["speedup"] for g in geo}
+    assert by_impl["triton"] == pytest.approx(2.0) and by_impl["torch"] == pytest.approx(1.0)
+    assert by_impl[None] == pytest.approx(np.exp(np.mean(np.log([1, 4, 0.5, 2, 1]))))
+    # Failed points (None), a zero or a non-finite ratio have no mean to contribute to; a
+    # group left with nothing is absent, not a mean of nothing.
+    assert speedup_geomeans([]) == []
+    assert speedup_geomeans([point("triton", None), point("triton", 0.0),
+                             point("triton", float("inf"))]) == []
+    geo = speedup_geomeans([point("triton", 0.0), point("torch", 3.0)])
+    assert [(g["impl"], g["n"], g["speedup"]) for g in geo] == [
+        (None, 1, pytest.approx(3.0)), ("torch", 1, pytest.approx(3.0))]
 
 
 def test_runs_from_different_devices_need_force(runs, tmp_path):

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import time
+from contextlib import contextmanager
 
 import fake_pynvml as fake
 import pytest
@@ -15,8 +16,8 @@ import torch
 from click.testing import CliRunner
 from conftest import run_cli
 
+from tritonlab import contrast
 from tritonlab.cli import cli
-from tritonlab.contrast import run as contrast
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters
 from tritonlab.workloads.model import MLPConfig
@@ -272,12 +273,32 @@ def check_run_dir(path, doc, *, flops_of):
     assert idle_slice["dur"] / 1e6 == pytest.approx(phases[0]["seconds"], rel=1e-6)
 
 
+def _recorder(names: list):
+    """A stand-in for torch.cuda.nvtx.range that records the names of the ranges opened."""
+    @contextmanager
+    def open_range(name):
+        names.append(name)
+        yield
+
+    return open_range
+
+
 def test_a_failed_phase_is_recorded_and_the_run_goes_on(tmp_path):
     out = tmp_path / "run"
-    lines = []
+    lines, ranges = [], []
     doc = contrast.run_contrast(out, batches=(4,), duration_s=1.0, idle_s=1.0, warmup_s=0,
-                                cooldown_s=0, progress=lines.append, workloads=_triton_fails)
+                                cooldown_s=0, progress=lines.append, workloads=_triton_fails,
+                                ranges=_recorder(ranges))
     check_run_dir(out, doc, flops_of=_lab_flops)
+    # One range per sampler window, named as the window (counters.csv, trace.json).
+    prefix = "tritonlab:contrast/"
+    assert ranges == [prefix + name for name in (
+        "idle", "setup train/triton/b4", "setup train/torch/b4", "warmup train/torch/b4",
+        "train/torch/b4", "setup infer/triton/b4", "setup infer/torch/b4",
+        "warmup infer/torch/b4", "infer/torch/b4")]
+    trace = json.loads((out / "trace.json").read_text())
+    windows = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert {name.removeprefix(prefix) for name in ranges} == windows
     failed = [p for p in doc["phases"] if p.get("error")]
     assert [p["name"] for p in failed] == ["train/triton/b4", "infer/triton/b4"]
     assert failed[0]["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -304,6 +325,12 @@ def test_cli_contrast_end_to_end_with_the_lab_workloads(tmp_path):
     assert not any(p.get("error") for p in doc["phases"])
     assert {(c["mode"], c["batch"]) for c in doc["impl_comparison"]} == {
         (m, b) for m in ("train", "infer") for b in (1, 64)}
+
+
+def test_nvtx_ranges_only_on_cuda():
+    assert contrast.nvtx_ranges("cuda") is torch.cuda.nvtx.range
+    with contrast.nvtx_ranges("interpreter")("tritonlab:contrast/idle") as entered:
+        assert entered is None
 
 
 @pytest.mark.gpu

@@ -1,5 +1,5 @@
-"""`tritonlab demo` end to end (selected with `-m slow`; about a minute on 2 CPU cores), and
-its refusals."""
+"""`tritonlab demo` end to end (marked slow: about a minute on 2 CPU cores, left out of the
+quick lane `-m "not slow and not gpu"`), and its refusals."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import importlib.util
 import json
 
 import pytest
-from conftest import run_cli
+from click.testing import CliRunner
 
+from tritonlab.cli import cli
 from tritonlab.errors import UsageError
 from tritonlab.jobs import demo
 
@@ -74,5 +75,5 @@ def test_demo_unknown_op():
 
 def test_demo_cli_bad_out(tmp_path):
     (tmp_path / "file").write_text("x")
-    r = run_cli("demo", "--out", str(tmp_path / "file"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "file")])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr

@@ -7,8 +7,10 @@ import json
 import warnings
 
 import pytest
+from click.testing import CliRunner
 from conftest import run_cli
 
+from tritonlab.cli import cli
 from tritonlab.errors import UsageError
 from tritonlab.hw import devices
 
@@ -148,11 +150,11 @@ def test_device_spec_cli():
 
 
 def test_device_cli_bad_input():
-    r = run_cli("device", "--spec", "Voodoo 2")
-    assert r.returncode == 2 and "unknown device" in r.stderr and "H100 SXM5" in r.stderr
+    r = CliRunner().invoke(cli, ["device", "--spec", "Voodoo 2"])
+    assert r.exit_code == 2 and "unknown device" in r.stderr and "H100 SXM5" in r.stderr
     assert "Traceback" not in r.stderr
-    r = run_cli("device", "--spec", "H100 SXM5", "--measure")
-    assert r.returncode == 2 and "give one of them" in r.stderr
+    r = CliRunner().invoke(cli, ["device", "--spec", "H100 SXM5", "--measure"])
+    assert r.exit_code == 2 and "give one of them" in r.stderr
 
 
 def test_device_measure_cli_stores_ceilings_that_later_runs_use(be, tmp_path):
@@ -182,6 +184,6 @@ def test_measure_on_gpu_is_a_plausible_fraction_of_the_datasheet(gpu, be):
     if spec is None:
         pytest.skip(f"{info['name']} is not in the device table")
     c = devices.measure_ceilings(be)
-    # H100 SXM: ~3.0 of 3.35 TB/s and ~790 of 989 TFLOP/s bf16 (REFERENCE.md)
+    # H100 SXM: ~3.0 of 3.35 TB/s and ~790 of 989 TFLOP/s bf16 (docs/reference.md, "GPU peaks")
     assert 0.5 < c.bandwidth_gbps / spec.bandwidth_gbps < 1.05
     assert 0.4 < c.tflops["bfloat16"] / spec.tflops["bfloat16"] < 1.05

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import aten_traffic
+from helpers import DEVICE, assert_close_to_reference, aten_traffic
 
 from tritonlab.kernels import gated_mlp
 from tritonlab.measure import check
-from tritonlab.ops.contract import Tolerance, reduction_tolerance
+from tritonlab.ops.gated_mlp import SPECS
 
 gm = importlib.import_module("tritonlab.kernels.gated_mlp")
 sk = importlib.import_module("tritonlab.kernels._splitk")
@@ -33,12 +33,10 @@ def reference(x, w_gate, w_up, activation, norm_weight=None, eps=1e-5):
 
 def assert_matches(y, ref, k):
     """Two K-long dots multiplied: twice the tolerance of one (their relative errors add)."""
-    tol = reduction_tolerance(y.dtype, k)
-    ok, *_, why = check.compare((y,), (ref,), Tolerance(2 * tol.rel_fro, 2 * tol.max_rel))
-    assert ok, why
+    assert_close_to_reference(y, ref, k, scale=2)
 
 
-def weights(n, k, dtype, seed, device="cpu"):
+def weights(n, k, dtype, seed, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     wg = (torch.randn(n, k, generator=g) * k**-0.5).to(device=device, dtype=dtype)
     wu = (torch.randn(n, k, generator=g) * k**-0.5).to(device=device, dtype=dtype)
@@ -46,7 +44,7 @@ def weights(n, k, dtype, seed, device="cpu"):
     return wg, wu, nw
 
 
-def rows(m, k, dtype, seed, device="cpu"):
+def rows(m, k, dtype, seed, device=DEVICE):
     g = torch.Generator().manual_seed(seed + 1000)
     return torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
 
@@ -64,7 +62,7 @@ def test_gated_mlp_matches_float64(m, n, k, rms, activation, dtype):
     y = gated_mlp(x, wg, wu, activation, norm_weight=nw if rms else None, out=out)
     assert y.data_ptr() == out.data_ptr()
     assert (sk.LAUNCHES["partial"] - before == 1) == (m <= 16), "decode dispatch is M <= 16"
-    assert gm._LAST()["path"] == ("splitk" if m <= 16 else "tiled")
+    assert gm.GATED_LAST()["path"] == ("splitk" if m <= 16 else "tiled")
     assert_matches(y, reference(x, wg, wu, activation, nw if rms else None), k)
 
 
@@ -131,20 +129,20 @@ def test_empty_shapes():
     assert torch.equal(z, torch.zeros(3, 6))
 
 
-@pytest.mark.parametrize("spec", gm.SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16], ids=str)
-def test_unfused_bytes_equal_an_aten_count_of_the_eager_chain(spec, dtype):
+def test_unfused_bytes_equal_an_aten_count_of_the_eager_chain(spec, dtype, device):
     shape = {"M": 7, "N": 33, "K": 20}
-    inputs = spec.make_inputs(shape, dtype, "cpu", 0)
+    inputs = spec.make_inputs(shape, dtype, device, 0)
     total, ops = aten_traffic(spec.impl("torch").build(inputs, "infer"))
     assert spec.unfused_bytes(shape, dtype, "infer") == total, ops
 
 
-@pytest.mark.parametrize("spec", gm.SPECS, ids=lambda s: s.name)
-def test_fused_bytes_are_the_tensors_the_kernel_touches(spec):
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_fused_bytes_are_the_tensors_the_kernel_touches(spec, device):
     shape = {"M": 5, "N": 40, "K": 24}
     for dtype in (torch.float16, torch.float32):
-        inputs = spec.make_inputs(shape, dtype, "cpu", 0)
+        inputs = spec.make_inputs(shape, dtype, device, 0)
         (y,) = spec.impl("triton").build(inputs, "infer")()
         read = [inputs["x"], inputs["w_gate"], inputs["w_up"]]
         if spec.name == "rmsnorm_gated_mlp":
@@ -156,7 +154,7 @@ def test_fused_bytes_are_the_tensors_the_kernel_touches(spec):
     assert saving > 2.0, "the fusion should more than halve the traffic at Llama prefill sizes"
 
 
-@pytest.mark.parametrize("spec", gm.SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_spec_passes_check_on_its_tiny_preset(spec):
     for impl in ("triton", "torch"):
         for shape in spec.presets["tiny"]:

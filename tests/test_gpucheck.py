@@ -1,5 +1,6 @@
-"""`make gpu-check` (tritonlab/gpucheck.py): the step orchestration and its failure
-recording, on the CPU with stand-in steps; the real steps' command lines and verifiers."""
+"""`tritonlab gpu-check` (tritonlab/jobs/gpucheck.py): the step orchestration and its failure
+recording, on the CPU with stand-in steps; the real steps' command lines and verifiers; how
+the command finds the repository's tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import sys
 import time
 
 import pytest
+from click.testing import CliRunner
+from conftest import ROOT
 
+from tritonlab.cli import cli
 from tritonlab.jobs import gpucheck
 from tritonlab.jobs.gpucheck import Step, junit_counts, run_steps
 
@@ -80,22 +84,38 @@ def test_all_passing_steps_pass(tmp_path):
     assert summary["passed"] is True
 
 
+def _step(name):
+    return next(s for s in gpucheck.STEPS if s.name == name)
+
+
+def pytest_args(argv):
+    """The values of pytest's own options (after ``-m pytest``)."""
+    args = argv[argv.index("pytest") + 1:]
+    return {a: b for a, b in zip(args, args[1:]) if a.startswith("-")}
+
+
 def test_default_steps_fit_eight_minutes_and_run_the_right_commands(tmp_path):
     names = [s.name for s in gpucheck.STEPS]
-    assert names == ["nvidia-smi", "pytest-gpu", "sweep-quick", "contrast", "report"]
+    assert names == ["nvidia-smi", "pytest-gpu", "pytest-cuda-lane", "sweep-quick", "contrast",
+                     "report"]
     assert sum(s.budget_s for s in gpucheck.STEPS) <= gpucheck.TOTAL_BUDGET_S <= 480
-    pytest_argv = gpucheck.STEPS[1].argv(tmp_path)
+    pytest_argv = _step("pytest-gpu").argv(tmp_path)
     assert pytest_argv[:5] == ["env", "TRITONLAB_AUTOTUNE=0", sys.executable, "-m", "pytest"]
-    assert "-m" in pytest_argv[3:] and "gpu" in pytest_argv
+    assert pytest_args(pytest_argv)["-m"] == "gpu" and pytest_argv[-1] == "tests"
     assert f"--junitxml={tmp_path / 'pytest-gpu.xml'}" in pytest_argv
-    sweep_argv = gpucheck.STEPS[2].argv(tmp_path)
+    lane_argv = _step("pytest-cuda-lane").argv(tmp_path)
+    assert lane_argv[:3] == ["env", "TRITONLAB_AUTOTUNE=0", "TRITONLAB_BACKEND=cuda"]
+    assert pytest_args(lane_argv)["-m"] == "not gpu"
+    assert lane_argv[-2:] == ["tests/test_matmul.py", "tests/test_linear.py"]
+    assert f"--junitxml={tmp_path / 'pytest-cuda-lane.xml'}" in lane_argv
+    sweep_argv = _step("sweep-quick").argv(tmp_path)
     assert sweep_argv[1:3] == ["-m", "tritonlab.cli"]
     assert ["--backend", "cuda", "sweep"] == sweep_argv[3:6]
     assert sweep_argv[sweep_argv.index("--preset") + 1] == "quick"
     assert sweep_argv[sweep_argv.index("--out") + 1] == str(tmp_path / "sweep-quick")
-    contrast_argv = gpucheck.STEPS[3].argv(tmp_path)
+    contrast_argv = _step("contrast").argv(tmp_path)
     assert contrast_argv[3:6] == ["--backend", "cuda", "contrast"]
-    report_argv = gpucheck.STEPS[4].argv(tmp_path)
+    report_argv = _step("report").argv(tmp_path)
     assert report_argv[6:8] == [str(tmp_path / "sweep-quick"), str(tmp_path / "contrast")]
 
 
@@ -107,7 +127,7 @@ def _junit(path, tests, failures=0, errors=0, skipped=0):
 
 def test_pytest_verifier_needs_tests_that_ran_and_passed(tmp_path):
     xml = tmp_path / "pytest-gpu.xml"
-    verify = gpucheck.STEPS[1].verify
+    verify = _step("pytest-gpu").verify
     assert verify(tmp_path)[0] is False  # no XML at all
     _junit(xml, tests=12, skipped=2)
     ok, counts = verify(tmp_path)
@@ -127,7 +147,7 @@ def test_sweep_verifier_reads_the_run_directory(tmp_path):
     row = {"op": "matmul", "impl": "triton", "mode": "fwd", "dtype": "float16",
            "shape": {"M": 16, "N": 4096, "K": 4096}, "error": None}
     (run / "results.jsonl").write_text(json.dumps(row) + "\n")
-    verify = gpucheck.STEPS[2].verify
+    verify = _step("sweep-quick").verify
     ok, details = verify(tmp_path)
     assert ok and details["device"] == "NVIDIA H200" and details["rows"] == 1
     (run / "results.jsonl").write_text(json.dumps({**row, "error": "OOM: ..."}) + "\n")
@@ -135,20 +155,48 @@ def test_sweep_verifier_reads_the_run_directory(tmp_path):
     assert not ok and details["failed"] == ["matmul triton fwd float16 16x4096x4096: OOM: ..."]
 
 
-def test_main_lists_steps_rejects_unknown_ones_and_records_a_missing_gpu(tmp_path, capsys):
-    assert gpucheck.main(["--list"]) == 0
-    assert "sweep-quick" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
-        gpucheck.main(["--only", "nope", "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    rc = gpucheck.main(["--only", "nvidia-smi", "--out", str(tmp_path / "c")])
+def test_command_lists_steps_rejects_unknown_ones_and_records_a_missing_gpu(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["gpu-check", "--list"])
+    assert r.exit_code == 0 and "pytest-cuda-lane" in r.output
+    r = runner.invoke(cli, ["gpu-check", "--only", "nope", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "valid steps: nvidia-smi" in r.output
+    r = runner.invoke(cli, ["gpu-check", "--only", "nvidia-smi", "--repo", str(ROOT),
+                            "--out", str(tmp_path / "c")])
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert [s["name"] for s in summary["steps"]] == ["nvidia-smi"]
-    assert rc == (0 if summary["passed"] else 1)
+    assert r.exit_code == (0 if summary["passed"] else 1)
+    assert "summary.md" in r.output
+
+
+def test_the_repository_is_found_from_the_tests_not_the_package_layout(tmp_path, monkeypatch):
+    assert gpucheck.find_repo(ROOT) == ROOT
+    assert gpucheck.find_repo(cwd=ROOT / "docs") == ROOT  # a parent of the current directory
+    # Outside any checkout, the directory above the imported package (an editable install).
+    assert gpucheck.find_repo(cwd=tmp_path) == ROOT
+    with pytest.raises(gpucheck.UsageError, match="no tests/conftest.py"):
+        gpucheck.find_repo(tmp_path)
+    # An installed package with no tests beside it, run outside a checkout: exit 2, one line.
+    monkeypatch.setattr(gpucheck, "__file__", str(tmp_path / "site" / "tritonlab" / "jobs"
+                                                  / "gpucheck.py"))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["gpu-check", "--only", "nvidia-smi"])
+    assert r.exit_code == 2 and "cannot find the lab's tests/" in r.output
+    assert "--repo" in r.output and not (tmp_path / "reports").exists()
+
+
+def test_steps_run_in_the_repository_with_its_package_first(tmp_path):
+    env = gpucheck.step_env(ROOT)
+    assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+    step = Step("where", 20, py("import os, tritonlab; print(os.getcwd()); "
+                                "print(tritonlab.__file__)"))
+    run_steps([step], tmp_path / "out", repo=ROOT, env=env)
+    cwd, package = (tmp_path / "out" / "where.out").read_text().split()
+    assert cwd == str(ROOT) and package.startswith(str(ROOT / "tritonlab"))
 
 
 def test_contrast_and_report_verifiers(tmp_path):
-    contrast_verify, report_verify = gpucheck.STEPS[3].verify, gpucheck.STEPS[4].verify
+    contrast_verify, report_verify = _step("contrast").verify, _step("report").verify
     (tmp_path / "contrast").mkdir()
     doc = {"phases": [{"name": "train/triton/b1"}, {"name": "infer/triton/b1"}],
            "verdict": {"summary": "x"}}

@@ -61,8 +61,8 @@ def test_decode_tokens_take_the_split_k_kernels(tokens, decode):
     assert sk.LAUNCHES["partial"] - before == (2 if decode else 0)
 
 
-def test_triton_and_torch_impls_agree_on_shared_weights():
-    params = init_params(TINY, torch.float32, "cpu", seed=11)
+def test_triton_and_torch_impls_agree_on_shared_weights(device):
+    params = init_params(TINY, torch.float32, device, seed=11)
     fused = InferenceWorkload(TINY, impl="triton", dtype=torch.float32, params=params)
     eager = InferenceWorkload(TINY, impl="torch", dtype=torch.float32, params=params)
     for name, t in params.items():  # same dtype and device: used in place, not copied
@@ -72,8 +72,8 @@ def test_triton_and_torch_impls_agree_on_shared_weights():
     assert ok, why
 
 
-def test_params_of_another_dtype_are_converted_once():
-    params = init_params(TINY, torch.float32, "cpu", seed=2)
+def test_params_of_another_dtype_are_converted_once(device):
+    params = init_params(TINY, torch.float32, device, seed=2)
     w = InferenceWorkload(TINY, dtype=torch.float16, params=params)
     assert all(t.dtype == torch.float16 for t in w.params.values())
     assert torch.equal(w.params["w_up"], params["w_up"].half())

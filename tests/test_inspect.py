@@ -1,4 +1,4 @@
-"""Static inspection (issue 8): `tritonlab inspect` compiles kernels for sm_80 / sm_90a without
+"""Static inspection: `tritonlab inspect` compiles kernels for sm_80 / sm_90a without
 a GPU. Its numbers are checked against the NVIDIA tools run here on the same cubin, the
 occupancy arithmetic against hand-worked cases, and every GEMM-family kernel (each op whose
 SPEC declares compile_targets) against the static performance bar: tensor-core instructions
@@ -23,8 +23,9 @@ from conftest import run_cli
 from tritonlab.errors import UsageError
 from tritonlab.kernels.tuning import CompileTarget
 from tritonlab.ops import registry
-from tritonlab.ops.contract import Impl, OpSpec
-from tritonlab.static import driver as insp
+from tritonlab.ops.contract import OpSpec
+from tritonlab.ops.matmul import MatmulOp
+from tritonlab.static import api as insp
 from tritonlab.static import sass as inspect_sass
 
 ARCHS = ("sm_80", "sm_90a")
@@ -169,7 +170,7 @@ def test_cache_key_follows_the_code_the_kernel_calls(tmp_path, monkeypatch):
     def digest(**parts):
         name = f"inspect_probe_{len(list(tmp_path.iterdir()))}"
         (tmp_path / f"{name}.py").write_text(_MODULE.format(**parts))
-        return insp._source_digest(importlib.import_module(name).kernel)
+        return insp.source_digest(importlib.import_module(name).kernel)
 
     base = digest(scale=1, factor=2, launcher=0)
     assert digest(scale=1, factor=2, launcher=1) == base
@@ -178,12 +179,13 @@ def test_cache_key_follows_the_code_the_kernel_calls(tmp_path, monkeypatch):
 
 
 _DYING = """
+import multiprocessing
 import os
 
 import triton
 import triton.language as tl
 
-if os.environ.get("TRITON_INTERPRET") != "1":  # only in compile workers
+if multiprocessing.parent_process() is not None:  # only in compile workers
     os._exit(3)
 
 
@@ -195,20 +197,26 @@ def kernel(x_ptr, N, BLOCK: tl.constexpr):
 
 
 def test_a_dying_compile_worker_is_reported_not_cached(tmp_path, monkeypatch):
-    import dataclasses
+    """Each job whose worker dies is reported (a fresh worker takes the next one), and
+    nothing is cached for it."""
     import importlib
 
     (tmp_path / "inspect_dying_probe.py").write_text(_DYING)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     kernel = importlib.import_module("inspect_dying_probe").kernel
     configs = [{"BLOCK": 64, "num_warps": 4}, {"BLOCK": 128, "num_warps": 4}]
-    op = dataclasses.replace(
-        registry.discover()["matmul"], name="probe",
-        compile_targets=lambda d: [CompileTarget("k", kernel, d, {"N": 4096}, configs)])
+
+    class Probe(MatmulOp):
+        name = "probe"
+
+        def compile_targets(self, dtype):
+            return [CompileTarget("k", kernel, dtype, {"N": 4096}, configs)]
+
+    op = Probe()
     report = insp.run([op], [insp.parse_arch("sm_80")], [torch.float16])
     assert [r["status"] for r in report.rows] == ["error", "error"]
-    assert all("compile worker exited with status 3" in r["error"] for r in report.rows)
+    assert all("compile worker died while compiling this config" in r["error"]
+               for r in report.rows)
     assert not any((insp.cache_dir() / r["key"][:2] / r["key"]).exists() for r in report.rows)
 
 
@@ -400,14 +408,12 @@ def test_static_facts_for_the_sweep(inspected):
 
 
 _GPU_PATH = """
-import json, subprocess, sys, torch, triton
+import json, multiprocessing.process, torch, triton
 triton.knobs.runtime.interpret = False  # kernels decorate as JITFunctions, as on a GPU
-real_popen = subprocess.Popen
-def popen(args, *a, **k):
-    assert "tritonlab.static.compile" not in args, "spawned a compile worker"
-    return real_popen(args, *a, **k)
-subprocess.Popen = popen
-from tritonlab.static import driver as insp
+def start(self):
+    raise AssertionError("started a compile worker")
+multiprocessing.process.BaseProcess.start = start
+from tritonlab.static import api as insp
 cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
 print(json.dumps(insp.static_facts("matmul", "triton", cfg, torch.float16, (8, 0))))
 """
@@ -466,11 +472,13 @@ def test_config_that_does_not_compile_is_reported_and_the_rest_goes_on(cache):
 
 
 def _baseline_only_op() -> OpSpec:
-    mm = registry.discover()["matmul"]
-    return OpSpec(name="torch_only", description="a baseline without a kernel", dims=mm.dims,
-                  presets=mm.presets, impls=(Impl("torch", "baseline", mm.impl("torch").build),),
-                  modes=mm.modes, make_inputs=mm.make_inputs, reference=mm.reference,
-                  flops=mm.flops, bytes=mm.bytes, tolerance=mm.tolerance)
+    class TorchOnly(MatmulOp):
+        name, description = "torch_only", "a baseline without a kernel"
+
+        def implementations(self):
+            return [i for i in super().implementations() if i.kind == "baseline"]
+
+    return TorchOnly()
 
 
 def test_op_without_triton_implementation(monkeypatch):
@@ -483,10 +491,11 @@ def test_op_without_triton_implementation(monkeypatch):
     assert "matmul" in r.stderr
 
 
-# ------------------------------------------------------ the static GEMM test (issue 8, item 3)
+# --------------------- the static GEMM test: tensor-core instructions, no spills, a block that launches
 
 def _inspectable_ops():
-    return [name for name, op in registry.discover().items() if op.compile_targets is not None]
+    return [name for name, op in registry.discover().items()
+            if op.compile_targets(torch.float16)]
 
 
 def _dot_rows(ttgir: str) -> list[int]:

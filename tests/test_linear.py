@@ -13,19 +13,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli
+from helpers import assert_close_to_reference, aten_traffic
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tritonlab.kernels import Linear, linear
-from tritonlab.kernels._activations import ACTIVATIONS, torch_activation
+from tritonlab.kernels._activations import ACTIVATIONS
 from tritonlab.measure import check
 from tritonlab.ops import registry
 from tritonlab.ops.contract import reduction_tolerance
-from tritonlab.static import driver as insp
+from tritonlab.ops.linear import SPECS
+from tritonlab.reference import torch_activation
+from tritonlab.static import api as insp
 
 # The package re-exports the function `linear`, which shadows the submodule attribute.
 lin = importlib.import_module("tritonlab.kernels.linear")
 
 ACTS = [None, *ACTIVATIONS[1:]]
+# The op variants: name -> (activation, bias).
+VARIANTS = {op.name: (op.activation, op.has_bias) for op in SPECS}
 CPU_DTYPES = [torch.float16, torch.float32]
 SENTINEL = 1234.0
 PAD = 16384  # elements of guard around each allocation: more than 64 stray rows of any N here
@@ -46,15 +51,7 @@ def reference(x, w, b, act, grad):
 
 
 def assert_close(out, ref, dtype, length, what=""):
-    tol = reduction_tolerance(dtype, length)
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert out.dtype == dtype, f"{what}: dtype {out.dtype} != {dtype}"
-    assert torch.isfinite(out).all(), f"{what}: unwritten (NaN) or overflowed elements"
-    diff = out.detach().double() - ref
-    fro = float(diff.norm() / ref.norm())
-    mrel = float(diff.abs().max() / ref.abs().max())
-    assert fro <= tol.rel_fro, f"{what}: rel Frobenius error {fro:.2e} > {tol.rel_fro:.2e}"
-    assert mrel <= tol.max_rel, f"{what}: max rel error {mrel:.2e} > {tol.max_rel:.2e}"
+    assert_close_to_reference(out, ref, length, dtype=dtype, what=what)
 
 
 def check_all(x, w, b, act, dtype, needs=(True, True, True), seed=0):
@@ -66,7 +63,7 @@ def check_all(x, w, b, act, dtype, needs=(True, True, True), seed=0):
     bs = b.detach().requires_grad_(needs[2]) if b is not None else None
     y = linear(xs, ws, bs, act)
     g = torch.Generator().manual_seed(seed + 99)
-    grad = torch.randn(y.shape, generator=g).to(dtype)
+    grad = torch.randn(y.shape, generator=g).to(device=y.device, dtype=dtype)
     ref = reference(x, w, b, act, grad)
     m = y.numel() // y.shape[-1]
     n, k = w.shape
@@ -449,7 +446,7 @@ def test_bad_module_activation():
 
 def test_specs_registered():
     ops = registry.discover()
-    for name, (act, bias, _) in lin.VARIANTS.items():
+    for name, (act, bias) in VARIANTS.items():
         op = ops[name]
         assert op.tags == {"activation": act, "bias": "yes" if bias else "no"}
         assert op.modes == ("fwd", "bwd", "fwd_bwd", "infer")
@@ -464,7 +461,7 @@ def test_specs_registered():
         assert {s["M"] for s in op.presets["llm"]} >= {1, 16, 2048, 16384}
 
 
-@pytest.mark.parametrize("name", list(lin.VARIANTS))
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_spec_triton_passes_check_every_mode(name):
     op = registry.discover()[name]
     shape = {"M": 70, "N": 67, "K": 45}
@@ -475,7 +472,7 @@ def test_spec_triton_passes_check_every_mode(name):
 
 @pytest.mark.parametrize("name", ["linear", "linear_plain"])
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd", "infer"])
-def test_flops_match_flop_counter(name, mode):
+def test_flops_match_flop_counter(name, mode, device):
     """FlopCounterMode counts the GEMMs of the torch baseline; the SPEC adds one FLOP per
     element for the bias add, G*act'(Z) and the db sums, which it documents."""
     # Imported here: torch.utils.flop_counter imports triton, which must not happen before
@@ -483,9 +480,9 @@ def test_flops_match_flop_counter(name, mode):
     from torch.utils.flop_counter import FlopCounterMode
 
     op = registry.discover()[name]
-    act, bias, _ = lin.VARIANTS[name]
+    act, bias = VARIANTS[name]
     shape = {"M": 33, "N": 20, "K": 17}
-    run = op.impl("torch").build(op.make_inputs(shape, torch.float32, "cpu", 0), mode)
+    run = op.impl("torch").build(op.make_inputs(shape, torch.float32, device, 0), mode)
     with FlopCounterMode(display=False) as counter:
         run()
     mn = shape["M"] * shape["N"]
@@ -500,14 +497,14 @@ def _nbytes(*tensors):
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-@pytest.mark.parametrize("name", list(lin.VARIANTS))
-def test_bytes_match_tensors_touched(name):
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_bytes_match_tensors_touched(name, device):
     """bytes(): inputs read once and outputs written once, with the forward's saved state
     counted from what autograd actually packs (saved_tensors_hooks), not from the formula."""
     op = registry.discover()[name]
-    act, bias, _ = lin.VARIANTS[name]
+    act, bias = VARIANTS[name]
     shape = {"M": 21, "N": 13, "K": 9}
-    inputs = op.make_inputs(shape, torch.float16, "cpu", 0)
+    inputs = op.make_inputs(shape, torch.float16, device, 0)
     x, w, b, g = inputs["x"], inputs["weight"], inputs.get("bias"), inputs["grad"]
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
     packed = []
@@ -523,53 +520,30 @@ def test_bytes_match_tensors_touched(name):
         op.bytes(shape, torch.float16, "fwd") + op.bytes(shape, torch.float16, "bwd"))
 
 
-class _TrafficCounter(TorchDispatchMode):
-    """Bytes each non-view aten op of an eager chain reads and writes (each tensor once per
-    op): the unfused chain's compulsory traffic, counted from what torch actually runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        ins = [a for a in torch.utils._pytree.tree_leaves((args, kwargs))
-               if isinstance(a, torch.Tensor)]
-        outs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-        storages = {t.untyped_storage().data_ptr() for t in ins}
-        if outs and all(o.untyped_storage().data_ptr() in storages for o in outs):
-            return out  # a view: no traffic
-        seen = {}
-        for t in ins + outs:
-            seen[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
-        self.bytes += sum(seen.values())
-        return out
-
-
-@pytest.mark.parametrize("name", list(lin.VARIANTS))
+@pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("mode", ["infer", "bwd"])
-def test_unfused_bytes_match_eager_chain(name, mode):
+def test_unfused_bytes_match_eager_chain(name, mode, device):
     op = registry.discover()[name]
     shape = {"M": 21, "N": 13, "K": 9}
-    run = op.impl("torch").build(op.make_inputs(shape, torch.float32, "cpu", 0), mode)
-    with _TrafficCounter() as counter:
-        run()
-    assert op.unfused_bytes(shape, torch.float32, mode) == counter.bytes
+    run = op.impl("torch").build(op.make_inputs(shape, torch.float32, device, 0), mode)
+    total, ops = aten_traffic(run)
+    assert op.unfused_bytes(shape, torch.float32, mode) == total, ops
 
 
-def test_spec_config_reports_the_kernels_of_the_mode():
+def test_spec_config_reports_the_kernels_of_the_mode(device):
     op = registry.discover()["linear"]
     shape = {"M": 70, "N": 20, "K": 9}
     impl = op.impl("triton")
-    impl.build(op.make_inputs(shape, torch.float32, "cpu", 0), "fwd_bwd")()
-    assert set(impl.config()) == {"fwd", "bwd_dx", "bwd_dw"}
-    impl.build(op.make_inputs(shape, torch.float32, "cpu", 0), "infer")()
-    assert set(impl.config()) == {"infer"} and impl.config()["infer"]["BLOCK_M"] == 64
+    impl.build(op.make_inputs(shape, torch.float32, device, 0), "fwd_bwd")()
+    assert set(impl.config("fwd_bwd")) == {"fwd", "bwd_dx", "bwd_dw"}
+    impl.build(op.make_inputs(shape, torch.float32, device, 0), "infer")()
+    config = impl.config("infer")
+    assert set(config) == {"infer"} and config["infer"]["BLOCK_M"] == 64
     # Every key names a compile target, with a config of that target's kernel.
     targets = {t.name: t for t in op.compile_targets(torch.float16)}
     assert {"fwd", "infer", "bwd_dx", "bwd_dw", "decode"} <= set(targets)
-    assert impl.config()["infer"]["path"] == "tiled"
-    assert set(impl.config()["infer"]) - {"num_warps", "num_stages", "path"} <= \
+    assert config["infer"]["path"] == "tiled"
+    assert set(config["infer"]) - {"num_warps", "num_stages", "path"} <= \
         set(insp.target_params(targets["infer"]))
 
 
@@ -625,7 +599,7 @@ def test_gradients_gpu(act, dtype, gpu):
     x, w, b = make_problem((3, 700), 1537, 1021, dtype, seed=5)
     x, w, b = (t.to(gpu) for t in (x, w, b))
     check_all(x, w, b, act, dtype)
-    assert lin._DX.last_config is not None and lin._DW.last_config is not None
+    assert all(lin.KERNELS[k].last_config is not None for k in ("bwd_dx", "bwd_dw"))
 
 
 @pytest.mark.gpu

@@ -35,12 +35,12 @@ def test_static_hook_reports_the_kernel_the_point_ran():
     assert static_hook((9, 0))(op, impl, row, run=None) is None
 
 
-def test_static_hook_handles_one_config_per_kernel():
+def test_static_hook_handles_one_config_per_kernel(device):
     op = registry.discover()["linear"]
     impl = op.impl("triton")
     shape = {"M": 70, "N": 20, "K": 9}
-    impl.build(op.make_inputs(shape, torch.float16, "cpu", 0), "fwd_bwd")()
-    config = impl.config()
+    impl.build(op.make_inputs(shape, torch.float16, device, 0), "fwd_bwd")()
+    config = impl.config("fwd_bwd")
     assert set(config) == {"fwd", "bwd_dx", "bwd_dw"}
     static = static_hook((8, 0))(op, impl, {"dtype": "float16", "config": config},
                                  run=lambda: None)["static"]

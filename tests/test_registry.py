@@ -30,12 +30,12 @@ def test_every_discovered_op_honours_the_contract():
                     assert 0 < tol.rel_fro <= tol.max_rel < 0.5
 
 
-def test_make_inputs_is_seeded_fresh_and_never_zero():
+def test_make_inputs_is_seeded_fresh_and_never_zero(device):
     op = registry.discover()["matmul"]
     shape = op.presets["tiny"][1]
-    x1 = op.make_inputs(shape, torch.float32, "cpu", 0)
-    x2 = op.make_inputs(shape, torch.float32, "cpu", 0)
-    x3 = op.make_inputs(shape, torch.float32, "cpu", 1)
+    x1 = op.make_inputs(shape, torch.float32, device, 0)
+    x2 = op.make_inputs(shape, torch.float32, device, 0)
+    x3 = op.make_inputs(shape, torch.float32, device, 1)
     assert all(torch.equal(x1[k], x2[k]) for k in x1)
     assert not torch.equal(x1["a"], x3["a"])
     assert all((v != 0).float().mean() > 0.99 for v in x1.values())
@@ -54,14 +54,43 @@ def test_parse_shape_and_dtype():
         registry.parse_preset("huge", op)
 
 
+class _OneImplOp(OpSpec):
+    name = "x"
+    description = ""
+    dims = ("N",)
+    modes = ("fwd",)
+    presets: dict = {}
+
+    def implementations(self):
+        return (Impl("t", "triton", lambda i, m: (lambda: ())),)
+
+
 def test_spec_rejects_inconsistent_declarations():
-    impl = Impl("t", "triton", lambda i, m: (lambda: ()))
-    common = dict(description="", dims=("N",), impls=(impl,), make_inputs=None, reference=None,
-                  flops=None, bytes=None, tolerance=None)
+    class UnknownMode(_OneImplOp):
+        modes = ("train",)
+
+    class WrongDims(_OneImplOp):
+        presets = {"tiny": [{"M": 1}]}
+
+    class DuplicateImpls(_OneImplOp):
+        def implementations(self):
+            return super().implementations() * 2
+
     with pytest.raises(ValueError, match="unknown modes"):
-        OpSpec(name="x", presets={}, modes=("train",), **common)
+        UnknownMode()
     with pytest.raises(ValueError, match="does not have the dims"):
-        OpSpec(name="x", presets={"tiny": [{"M": 1}]}, modes=("fwd",), **common)
+        WrongDims()
+    with pytest.raises(ValueError, match="duplicate impl names"):
+        DuplicateImpls()
+
+
+def test_fused_means_the_op_states_unfused_bytes():
+    ops = registry.discover()
+    assert not _OneImplOp().fused and _OneImplOp().unfused_bytes({"N": 1}, torch.float16,
+                                                                 "fwd") is None
+    assert _OneImplOp().compile_targets(torch.float16) == []
+    assert ops["gated_mlp"].fused and not ops["matmul"].fused
+    assert ops["gated_mlp"].summary()["fused"] is True
 
 
 def test_tolerance_grows_with_reduction_length_and_dtype():

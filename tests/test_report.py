@@ -1,6 +1,7 @@
-"""`tritonlab report` on a real interpreter sweep and on run directories built per DESIGN.md:
-a self-contained HTML whose embedded images decode, the Markdown twin, several runs side by
-side, the training-vs-inference section, and every kind of bad input."""
+"""`tritonlab report` on a real interpreter sweep and on run directories built as
+docs/design.md ("The run directory") describes: a self-contained HTML whose embedded images
+decode, the Markdown twin, several runs side by side, the training-vs-inference section, and
+every kind of bad input."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tritonlab.cli import cli
 from tritonlab.errors import UsageError
 from tritonlab.report import render as report
 from tritonlab.runs import sweep
+from tritonlab.runs.store import load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -77,6 +79,15 @@ class _Checker(html.parser.HTMLParser):
             self.stack.pop()
 
 
+def _md_cells(md: str) -> list[list[str]]:
+    """The cells of every Markdown table row (separator lines left out)."""
+    out = []
+    for line in md.splitlines():
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            out.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
+    return out
+
+
 def _check_html(path) -> _Checker:
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>")
@@ -111,13 +122,16 @@ def test_report_of_a_real_run(sweep_run, tmp_path):
         assert f"<h2>{heading}</h2>" in text
     assert "% roofline (spec)" in text and "speedup vs torch" in text
     md = paths.markdown.read_text()
-    table_rows = [line for line in md.splitlines() if line.startswith("| triton |")
-                  or line.startswith("| torch |")]
+    cells = _md_cells(md)
+    table_rows = [c for c in cells if c[0] in ("triton", "torch")]
     assert len(table_rows) == len(rows)  # one line per measured point
     for ref in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
         assert (paths.out_dir / ref).is_file()
     ok = sum(r["correct"] is True and not r["error"] for r in rows)
-    assert f"| {len(rows)} | {ok} | {len(rows) - ok} |" in md
+    correctness = md.split("## Correctness")[1].split("\n## ")[0]
+    assert [str(len(rows)), str(ok), str(len(rows) - ok)] in [c[1:4] for c in _md_cells(correctness)]
+    # The HTML page has the same tables, numbers right-aligned.
+    assert '<td style="text-align: right;">' in text
 
 
 def test_runs_side_by_side(sweep_run, tmp_path):
@@ -134,8 +148,8 @@ def test_runs_side_by_side(sweep_run, tmp_path):
     md = paths.markdown.read_text()
     assert "## Runs side by side" in md and "ratio sweep-faster-run" in md
     section = md.split("## Runs side by side")[1].split("\n## ")[0]
-    lines = [line for line in section.splitlines() if line.startswith("| matmul")]
-    assert lines and all(line.rstrip(" |").endswith("| 2") for line in lines)
+    lines = [c for c in _md_cells(section) if c[0] == "matmul"]
+    assert lines and all(c[-1] == "2" for c in lines)
     assert len([p for p in paths.figures if p.name.startswith("roofline")]) == 2
 
 
@@ -144,7 +158,7 @@ def test_truncated_last_line_is_skipped_with_a_warning(sweep_run, tmp_path):
     n = len((run / "results.jsonl").read_text().splitlines())
     with open(run / "results.jsonl", "a") as f:
         f.write('{"schema_version": 1, "op": "matmul", "impl": "tri')
-    loaded = report.load_run(run)
+    loaded, _ = report.load_annotated(run)
     assert len(loaded.rows) == n
     assert any("truncated" in w for w in loaded.warnings)
     r = CliRunner().invoke(cli, ["report", str(run), "-o", str(tmp_path / "out")])
@@ -213,7 +227,7 @@ def test_static_facts_and_fused_points(sweep_run, tmp_path):
                                           "tensor_core": {"HGMMA.64x128x16.F32": 8}}]}
 
     run = _copy_run(sweep_run, tmp_path / "static", add)
-    loaded = report.load_run(run)
+    loaded, _ = report.load_annotated(run)
     assert all(r["unfused_intensity"] == pytest.approx(r["intensity"] / 2) for r in loaded.rows)
     md = report.write_report([run], tmp_path / "rep").markdown.read_text()
     assert "## Static compile facts" in md and "HGMMA.64x128x16.F32:8" in md
@@ -265,7 +279,7 @@ def test_bad_input(sweep_run, tmp_path):
     newer_row = _copy_run(sweep_run, tmp_path / "newer_row",
                           edit_rows=lambda row: row.update(schema_version=2))
     with pytest.raises(UsageError, match="newer"):
-        report.load_run(newer_row)
+        load_run(newer_row)
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "manifest.json").write_text(json.dumps({"schema_version": 1, "run_id": "x",

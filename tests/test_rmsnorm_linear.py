@@ -9,12 +9,13 @@ import math
 
 import pytest
 import torch
-from conftest import aten_traffic
+from helpers import DEVICE, assert_close_to_reference, aten_traffic
 
 from tritonlab.kernels import rmsnorm_linear
 from tritonlab.measure import check
-from tritonlab.ops.contract import Tolerance, reduction_tolerance
-from tritonlab.workloads.model import rms_norm
+from tritonlab.ops import rmsnorm_linear as rl_op
+from tritonlab.ops.contract import Tolerance
+from tritonlab.reference import rms_norm
 
 rl = importlib.import_module("tritonlab.kernels.rmsnorm_linear")
 sk = importlib.import_module("tritonlab.kernels._splitk")
@@ -31,12 +32,10 @@ def reference(x, norm_weight, weight, eps=1e-5, bias=None):
 def assert_matches(y, ref, k):
     """A K-long dot's tolerance, doubled for the rounding of x * norm_weight to the operand
     dtype before the dot."""
-    tol = reduction_tolerance(y.dtype, k)
-    ok, *_, why = check.compare((y,), (ref,), Tolerance(2 * tol.rel_fro, 2 * tol.max_rel))
-    assert ok, why
+    assert_close_to_reference(y, ref, k, scale=2)
 
 
-def operands(m, n, k, dtype, seed, device="cpu"):
+def operands(m, n, k, dtype, seed, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     x = (3.0 * torch.randn(m, k, generator=g)).to(device=device, dtype=dtype)
     nw = (1 + 0.1 * torch.randn(k, generator=g)).to(device=device, dtype=dtype)
@@ -57,7 +56,7 @@ def test_rmsnorm_linear_matches_float64(m, n, k, has_bias, dtype):
     y = rmsnorm_linear(x, nw, w, 1e-5, bias=bias, out=out)
     assert y.data_ptr() == out.data_ptr()
     assert (sk.LAUNCHES["partial"] - before == 1) == (m <= 16), "decode dispatch is M <= 16"
-    assert rl._LAST()["path"] == ("splitk" if m <= 16 else "tiled")
+    assert rl.RMSNORM_LINEAR_LAST()["path"] == ("splitk" if m <= 16 else "tiled")
     assert_matches(y, reference(x, nw, w, 1e-5, bias), k)
 
 
@@ -117,32 +116,32 @@ def test_int64_addressing_path(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16], ids=str)
-def test_unfused_bytes_equal_an_aten_count_of_the_eager_chain(dtype):
+def test_unfused_bytes_equal_an_aten_count_of_the_eager_chain(dtype, device):
     shape = {"M": 9, "N": 21, "K": 30}
-    inputs = rl.make_inputs(shape, dtype, "cpu", 0)
-    total, ops = aten_traffic(rl.SPEC.impl("torch").build(inputs, "infer"))
-    assert rl.SPEC.unfused_bytes(shape, dtype, "infer") == total, ops
+    inputs = rl_op.SPEC.make_inputs(shape, dtype, device, 0)
+    total, ops = aten_traffic(rl_op.SPEC.impl("torch").build(inputs, "infer"))
+    assert rl_op.SPEC.unfused_bytes(shape, dtype, "infer") == total, ops
     norm_total, _ = aten_traffic(rms_norm, inputs["x"], inputs["norm_weight"], 1e-5)
-    assert rl.rms_norm_chain_bytes(9, 30, dtype) == norm_total
+    assert rl_op.rms_norm_chain_bytes(9, 30, dtype) == norm_total
 
 
-def test_fused_bytes_are_the_tensors_the_kernel_touches():
+def test_fused_bytes_are_the_tensors_the_kernel_touches(device):
     shape = {"M": 5, "N": 40, "K": 24}
     for dtype in (torch.float16, torch.float32):
-        inputs = rl.make_inputs(shape, dtype, "cpu", 0)
-        (y,) = rl.SPEC.impl("triton").build(inputs, "infer")()
+        inputs = rl_op.SPEC.make_inputs(shape, dtype, device, 0)
+        (y,) = rl_op.SPEC.impl("triton").build(inputs, "infer")()
         read = sum(inputs[k].nbytes for k in ("x", "norm_weight", "weight"))
-        assert rl.SPEC.bytes(shape, dtype, "infer") == read + y.nbytes
-    assert rl.SPEC.flops(shape, "infer") == 2 * 5 * 40 * 24
+        assert rl_op.SPEC.bytes(shape, dtype, "infer") == read + y.nbytes
+    assert rl_op.SPEC.flops(shape, "infer") == 2 * 5 * 40 * 24
     prefill = {"M": 8192, "N": 14336, "K": 4096}
-    assert rl.SPEC.unfused_bytes(prefill, torch.bfloat16, "infer") > 1.5 * rl.SPEC.bytes(
+    assert rl_op.SPEC.unfused_bytes(prefill, torch.bfloat16, "infer") > 1.5 * rl_op.SPEC.bytes(
         prefill, torch.bfloat16, "infer")
 
 
 def test_spec_passes_check_on_its_tiny_preset():
     for impl in ("triton", "torch"):
-        for shape in rl.SPEC.presets["tiny"]:
-            r = check.check_case(rl.SPEC, rl.SPEC.impl(impl), "infer", torch.float16, shape, 3)
+        for shape in rl_op.SPEC.presets["tiny"]:
+            r = check.check_case(rl_op.SPEC, rl_op.SPEC.impl(impl), "infer", torch.float16, shape, 3)
             assert r.correct, (impl, shape, r.error)
 
 

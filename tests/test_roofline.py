@@ -10,7 +10,7 @@ import torch
 
 from tritonlab.hw import devices
 from tritonlab.ops import registry
-from tritonlab.report import roofline
+from tritonlab.report import plots, roofline
 
 H100 = devices.lookup("NVIDIA H100 80GB HBM3")
 H200 = devices.lookup("NVIDIA H200")
@@ -135,7 +135,7 @@ def _decodes(path, min_w=600):
 
 
 def test_roofline_plot(tmp_path):
-    path = roofline.plot_roofline(_points(), _h100_peaks(), backend="cuda",
+    path = plots.plot_roofline(_points(), _h100_peaks(), backend="cuda",
                                   device="NVIDIA H100 80GB HBM3", path=tmp_path / "r.png")
     img = _decodes(path)
     assert img[..., :3].std() > 0.05  # not a blank canvas
@@ -146,7 +146,7 @@ def test_plottable_keeps_one_point_per_key_and_drops_failures():
     again = {**rows[0], "tflops": 1.0}  # a resumed run measured rows[0]'s point again
     failed = {**_matmul_row(8, 8, 8), "tflops": 5.0, "error": "mismatch"}
     nan = {**_matmul_row(9, 9, 9), "tflops": math.nan}
-    pts = roofline.plottable(rows + [again, failed, nan])
+    pts = plots.plottable(rows + [again, failed, nan])
     assert len(pts) == len(rows)
     same = [p for p in pts if (p["impl"], p["mode"], p["shape"]) ==
             (rows[0]["impl"], rows[0]["mode"], rows[0]["shape"])]
@@ -155,27 +155,27 @@ def test_plottable_keeps_one_point_per_key_and_drops_failures():
 
 def test_plots_refuse_no_points(tmp_path):
     failed = [_matmul_row(64, 64, 64, tflops=None, error="compile error")]
-    with pytest.raises(roofline.NoPoints, match="no successful measured point"):
-        roofline.plot_roofline(failed, None, backend="interpreter", device="cpu",
+    with pytest.raises(plots.NoPoints, match="no successful measured point"):
+        plots.plot_roofline(failed, None, backend="interpreter", device="cpu",
                                path=tmp_path / "x.png")
-    with pytest.raises(roofline.NoPoints, match="no speedup"):
-        roofline.plot_speedups(failed, op="matmul", backend="interpreter", device="cpu",
+    with pytest.raises(plots.NoPoints, match="no speedup"):
+        plots.plot_speedups(failed, op="matmul", backend="interpreter", device="cpu",
                                path=tmp_path / "y.png")
-    with pytest.raises(roofline.NoPoints):
-        roofline.plot_phase_bars([{"mode": "train", "impl": "t", "batch": 1}],
+    with pytest.raises(plots.NoPoints):
+        plots.plot_phase_bars([{"mode": "train", "impl": "t", "batch": 1}],
                                  [("avg_power_w", "W")], title="t", backend="cuda",
                                  device="d", path=tmp_path / "z.png")
     assert not list(tmp_path.iterdir())
 
 
 def test_speedup_and_phase_plots(tmp_path):
-    _decodes(roofline.plot_speedups(_points(), op="matmul", backend="cuda", device="H100",
+    _decodes(plots.plot_speedups(_points(), op="matmul", backend="cuda", device="H100",
                                     path=tmp_path / "s.png"))
     phases = [{"mode": m, "impl": i, "batch": b, "avg_power_w": w * b ** 0.1,
                "throughput_samples_s": 100.0 * b, "error": None}
               for m, w in (("train", 500.0), ("infer", 200.0))
               for i in ("triton", "torch") for b in (1, 256)]
-    _decodes(roofline.plot_phase_bars(phases, [("avg_power_w", "power (W)"),
+    _decodes(plots.plot_phase_bars(phases, [("avg_power_w", "power (W)"),
                                                ("throughput_samples_s", "samples/s"),
                                                ("energy_j", "never measured")],
                                       title="t", backend="cuda", device="H100",

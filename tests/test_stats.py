@@ -1,4 +1,4 @@
-"""Statistics of timing samples (harness/stats.py) on synthetic samples with known answers."""
+"""Statistics of timing samples (tritonlab/measure/stats.py) on synthetic samples with known answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from tritonlab.measure.stats import (
     StopRule,
     StopTracker,
-    geomean,
     median_ci,
     ratio_of_medians_ci,
     summarize,
@@ -165,11 +164,3 @@ def test_ratio_ci_of_identical_distributions_contains_one():
     rng = np.random.default_rng(8)
     lo, hi = ratio_of_medians_ci(rng.lognormal(0, 0.3, 80), rng.lognormal(0, 0.3, 80))
     assert lo < 1.0 < hi
-
-
-def test_geomean():
-    assert geomean([1.0, 4.0]) == pytest.approx(2.0)
-    assert geomean([0.5, 2.0, 1.0]) == pytest.approx(1.0)
-    assert geomean([]) is None
-    with pytest.raises(ValueError):
-        geomean([1.0, -1.0])

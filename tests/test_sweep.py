@@ -1,6 +1,6 @@
-"""`tritonlab sweep` and the run directory (harness/sweep.py, harness/runstore.py): end to end
-on the interpreter through the real CLI, FLOPs against torch's FlopCounterMode, failures
-recorded per point, hooks, resume after a killed sweep, and bad input."""
+"""`tritonlab sweep` and the run directory (tritonlab/runs/sweep.py, tritonlab/runs/store.py):
+end to end on the interpreter through the real CLI, FLOPs against torch's FlopCounterMode,
+failures recorded per point, hooks, NVTX ranges, resume after a killed sweep, and bad input."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import ROOT, run_cli
+from helpers import DEVICE
 from torch.utils.flop_counter import FlopCounterMode
 
+from tritonlab import backend
 from tritonlab.cli import cli
 from tritonlab.kernels.tuning import INTERPRETER_CONFIG, config_dict
+from tritonlab.measure.timing import CpuTimer
 from tritonlab.ops import registry
 from tritonlab.ops.contract import Impl, OpSpec, Tolerance, dtype_name
 from tritonlab.runs import store as runstore
-from tritonlab.runs.store import RunDir, new_run_dir, point_key, read_results
-from tritonlab.runs.sweep import SweepOptions, plan, sweep
+from tritonlab.runs.records import point_key
+from tritonlab.runs.store import RunDir, new_run_dir, read_results
+from tritonlab.runs.sweep import SweepOptions, open_run, plan, run_sweep, sweep
 
 ROW_FIELDS = ("schema_version", "op", "impl", "mode", "dtype", "shape", "backend", "device",
               "flops", "bytes", "intensity", "ms", "ms_ci", "samples_ms", "tflops", "gbps",
@@ -120,7 +124,7 @@ def test_row_metrics_are_consistent(tiny_run, be):
 
 
 def _counted_flops(op, impl, shape, dtype, mode):
-    inputs = op.make_inputs(shape, dtype, "cpu", 0)
+    inputs = op.make_inputs(shape, dtype, DEVICE, 0)
     run = impl.build(inputs, mode)
     with FlopCounterMode(display=False) as counter:
         run()
@@ -156,7 +160,7 @@ def test_every_op_formula_matches_the_flop_counter_on_its_baselines(op_name):
             if counted == 0:
                 continue  # nothing FlopCounterMode counts (elementwise-only work)
             extra = op.flops(shape, mode) - counted
-            if op.unfused_bytes is None:
+            if not op.fused:
                 assert extra == 0, (mode, impl.name)
             else:
                 # A fused op's formula may add its epilogue's elementwise FLOPs (bias add,
@@ -172,20 +176,39 @@ def test_every_op_formula_matches_the_flop_counter_on_its_baselines(op_name):
 
 # ------------------------------------------------------------- failures, hooks (in-process)
 
-def _toy_op(*impls: Impl) -> OpSpec:
+class _ToyOp(OpSpec):
     """y = 2x on CPU tensors: impls are plain torch, so these tests cost milliseconds."""
 
-    def make_inputs(shape, dtype, device, seed):
+    name, description, dims, modes = "toy", "y = 2x", ("N",), ("infer",)
+    presets = {"tiny": [{"N": 33}, {"N": 65}]}
+    dtypes = dtypes_interpreter = (torch.float32,)
+
+    def __init__(self, impls: tuple[Impl, ...]):
+        self._impls = impls
+        super().__init__()
+
+    def implementations(self):
+        return self._impls
+
+    def make_inputs(self, shape, dtype, device, seed):
         g = torch.Generator().manual_seed(seed)
         return {"x": torch.randn(shape["N"], generator=g).to(device=device, dtype=dtype)}
 
-    return OpSpec(
-        name="toy", description="y = 2x", dims=("N",), presets={"tiny": [{"N": 33}, {"N": 65}]},
-        impls=impls, modes=("infer",), make_inputs=make_inputs,
-        reference=lambda inputs, mode: (inputs["x"].double() * 2,),
-        flops=lambda s, m: s["N"], bytes=lambda s, d, m: 8 * s["N"],
-        tolerance=lambda d, s, m: Tolerance(1e-6, 1e-6),
-        dtypes=(torch.float32,), dtypes_interpreter=(torch.float32,))
+    def reference(self, inputs, mode):
+        return (inputs["x"].double() * 2,)
+
+    def flops(self, shape, mode):
+        return shape["N"]
+
+    def bytes(self, shape, dtype, mode):
+        return 8 * shape["N"]
+
+    def tolerance(self, dtype, shape, mode):
+        return Tolerance(1e-6, 1e-6)
+
+
+def _toy_op(*impls: Impl) -> OpSpec:
+    return _ToyOp(impls)
 
 
 def _scale(factor):
@@ -270,6 +293,40 @@ def test_hooks_add_fields_and_a_failing_hook_is_recorded(tmp_path):
         assert "KeyError" in row["hook_errors"]["broken_hook"]
     # The hook gets the timed callable, or None for an implementation that was not timed.
     assert sorted(set(seen)) == [("good", True), ("torch", True), ("wrong", False)]
+
+
+class RangeRecorder:
+    def __init__(self):
+        self.pushed: list[str] = []
+        self.popped = 0
+
+    def push(self, name):
+        self.pushed.append(name)
+
+    def pop(self):
+        self.popped += 1
+
+
+def test_each_timed_impl_runs_inside_an_nvtx_range_named_by_its_point(tmp_path, monkeypatch):
+    op = _toy_op(Impl("good", "triton", _scale(2)), Impl("torch", "baseline", _scale(2)))
+    points, _ = plan([op], {"toy": op.presets["tiny"]}, {"toy": [torch.float32]},
+                     backend_name="interpreter")
+    assert points[0].range_name(op.impl("good")) == "tritonlab:toy/good/infer/float32/33"
+    recorder = RangeRecorder()
+    timer = CpuTimer(marker=recorder)
+    options = SweepOptions(budget_s=0.02)
+    run = open_run(tmp_path / "marked", resume=False, be=backend.current(), argv=["test"],
+                   selection={}, options=options, timer=timer)
+    run_sweep(points, run, timer, options, hooks=[])
+    expected = {p.range_name(impl) for p in points for impl in p.impls}
+    assert set(recorder.pushed) == expected and recorder.popped == len(recorder.pushed)
+
+    # The interpreter's own timer touches no NVTX at all.
+    calls = []
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", lambda name: calls.append(name))
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: calls.append(None))
+    result = _run_toy(tmp_path, op)
+    assert result.rows and not result.failed and calls == []
 
 
 def test_run_directory_refuses_to_overwrite_and_names_new_runs(tmp_path):

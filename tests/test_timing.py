@@ -1,14 +1,16 @@
-"""The timers (harness/timing.py): the CPU timer on callables of known duration here, the CUDA
+"""The timers (tritonlab/measure/timing.py): the CPU timer on callables of known duration here, the CUDA
 timer (events, L2 flush, graph mode, host time, clocks) in the GPU lane."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 
-import fake_pynvml
 import pytest
 import torch
+from triton.testing import do_bench
 
 from tritonlab.measure import timing
 from tritonlab.measure.stats import StopRule
@@ -168,34 +170,56 @@ def test_factories_and_bad_options():
     assert CpuTimer().measure({}, FAST) == {}
 
 
-def test_gpu_clocks_are_none_without_nvml(monkeypatch):
+def test_gpu_clocks_are_none_without_nvml():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: covered by test_cuda_timer_records_clocks")
-    monkeypatch.setattr(timing, "_nvml_state", {})
     assert timing.gpu_clocks(0) is None
 
 
-def test_gpu_clocks_read_through_a_stand_in_nvml(monkeypatch):
-    fake_pynvml.reset(sm_clock_mhz=1755, mem_clock_mhz=2619, temp_c=61, power_w=512.0,
-                      throttle=0x1 | 0x4)
-    fake_pynvml.nvmlInit()
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml)
-    monkeypatch.setattr(timing, "_nvml_state",
-                        {"init": True, 0: fake_pynvml.nvmlDeviceGetHandleByIndex(0)})
-    c = timing.gpu_clocks(0)
-    assert c["sm_clock_mhz"] == 1755 and c["mem_clock_mhz"] == 2619
-    assert c["temperature_c"] == 61
-    assert c["throttle_reasons"] == 0x5 and c["throttle"] == ["sw_power_cap"]
-    assert c["slowdown"] is True
-    assert c["power_w"] == pytest.approx(512.0, rel=0.01)
-    fake_pynvml.set_load(throttle=0x1)
-    assert timing.gpu_clocks(0)["slowdown"] is False
-    fake_pynvml.reset(unsupported={"nvmlDeviceGetTemperature"})
-    fake_pynvml.nvmlInit()
-    monkeypatch.setattr(timing, "_nvml_state",
-                        {"init": True, 0: fake_pynvml.nvmlDeviceGetHandleByIndex(0)})
-    c = timing.gpu_clocks(0)
-    assert c["temperature_c"] is None and c["sm_clock_mhz"] is not None
+class RangeRecorder:
+    """A :class:`~tritonlab.measure.timing.RangeMarker` that keeps what it was asked to do."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str | None]] = []
+
+    def push(self, name):
+        self.events.append(("push", name))
+
+    def pop(self):
+        self.events.append(("pop", None))
+
+
+def test_timed_calls_run_inside_named_ranges():
+    recorder = RangeRecorder()
+    calls = {"a": 0, "b": 0}
+
+    def count(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    timer = CpuTimer(marker=recorder)
+    out = timer.measure({"a": count("a"), "b": count("b")}, FAST,
+                        ranges={"a": "tritonlab:x/a/fwd/float32/1x2x3"})
+    pushes = [name for what, name in recorder.events if what == "push"]
+    # "b" has no range name given: it falls back to its own name.
+    assert set(pushes) == {"tritonlab:x/a/fwd/float32/1x2x3", "b"}
+    assert [what for what, _ in recorder.events] == ["push", "pop"] * len(pushes)
+    rounds = len(out["a"].samples_ms) // out["a"].reps
+    assert pushes.count("b") == rounds == len(out["b"].samples_ms) // out["b"].reps
+    # Warm-up calls are outside every range.
+    assert calls["a"] == out["a"].warmup_calls + len(out["a"].samples_ms)
+
+
+def test_the_interpreter_timer_marks_nothing(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("an NVTX call on the interpreter")
+
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", refuse)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", refuse)
+    timer = make_timer("interpreter")
+    assert timer.marker is None
+    timer.measure({"f": lambda: None}, FAST)
 
 
 # ---------------------------------------------------------------------------- GPU lane
@@ -289,9 +313,6 @@ print(json.dumps({"graph": m.graph, "graph_error": m.graph_error, "ms": m.ms, "y
 def test_graph_capture_failure_falls_back_to_eager(gpu):
     # In a subprocess: a failed capture must not leave this test process's CUDA context
     # in doubt for the tests that follow.
-    import json
-    import subprocess
-
     r = subprocess.run([sys.executable, "-c", _CAPTURE_FAILURE], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -325,3 +346,22 @@ def test_cuda_timer_records_clocks(gpu):
         pytest.skip("NVML is not usable in this container")
     assert c["sm_clock_mhz"] and c["sm_clock_mhz"] > 100
     assert isinstance(c["throttle_reasons"], int)
+
+
+@pytest.mark.gpu
+def test_lab_timer_agrees_with_triton_do_bench(gpu):
+    """The lab's matmul at 4096^3 fp16, timed by the lab's timer and by Triton's own
+    ``do_bench`` (both flush the L2 before each call): the medians agree within 5%."""
+    from tritonlab.kernels import matmul
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16, generator=gen)
+    b = torch.randn(4096, 4096, device="cuda", dtype=torch.float16, generator=gen)
+
+    def run():
+        return matmul(a, b)
+
+    lab = make_timer("cuda", cache="cold").measure(
+        {"mm": run}, StopRule(rel_ci=0.005, budget_s=2.0, min_samples=50))["mm"]
+    theirs = do_bench(run, warmup=100, rep=1000, return_mode="median")
+    assert lab.ms == pytest.approx(theirs, rel=0.05), (lab.ms, theirs)

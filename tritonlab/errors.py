@@ -1,4 +1,4 @@
-"""Errors the CLI turns into exit codes (DESIGN.md "CLI")."""
+"""Errors the CLI turns into exit codes (docs/design.md, "The command line")."""
 
 
 class UsageError(ValueError):

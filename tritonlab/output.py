@@ -1,5 +1,5 @@
 """Terminal output rules: machine-readable JSON alone on stdout; tables, progress and
-warnings on stderr (DESIGN.md "CLI")."""
+warnings on stderr (docs/design.md, "The command line")."""
 
 from __future__ import annotations
 

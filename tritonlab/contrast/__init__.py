@@ -1,1 +1,23 @@
-"""contrast"""
+"""Training vs inference on one model, ``tritonlab contrast``: which pushes the hardware
+harder, and on which resource.
+
+The modules: :mod:`~tritonlab.contrast.plan` (options and defaults),
+:mod:`~tritonlab.contrast.phases` (running the phases, NVTX ranges),
+:mod:`~tritonlab.contrast.rows` (contrast.json's phase rows),
+:mod:`~tritonlab.contrast.decide` (the verdict), :mod:`~tritonlab.contrast.run` (the run
+and its directory, the overview in its docstring) and :mod:`~tritonlab.contrast.summary`
+(the terminal summary). This package exposes what the CLI, the demo and the tests use.
+"""
+
+from tritonlab.contrast.decide import impl_comparison, verdict
+from tritonlab.contrast.phases import NVTX_PREFIX, PhaseRun, lab_workloads, nvtx_ranges
+from tritonlab.contrast.plan import DEFAULTS, IMPLS, MIN_PHASE_S, MODES, Plan, make_plan
+from tritonlab.contrast.rows import PhaseRow, phase_row
+from tritonlab.contrast.run import run_contrast
+from tritonlab.contrast.summary import summary_text
+
+__all__ = [
+    "DEFAULTS", "IMPLS", "MIN_PHASE_S", "MODES", "NVTX_PREFIX", "PhaseRow", "PhaseRun", "Plan",
+    "impl_comparison", "lab_workloads", "make_plan", "nvtx_ranges", "phase_row",
+    "run_contrast", "summary_text", "verdict",
+]

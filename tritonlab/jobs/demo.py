@@ -29,8 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonlab import backend as backend_mod
+from tritonlab import contrast as contrast_mod
 from tritonlab.errors import UsageError
+from tritonlab.hw import devices
+from tritonlab.measure import check
+from tritonlab.ops import registry
+from tritonlab.ops.contract import dtype_name
 from tritonlab.output import dumps
+from tritonlab.report import render as report
+from tritonlab.runs import sweep
+from tritonlab.runs.records import shape_str
+from tritonlab.runs.store import RunDir, command_argv
 
 # What one demo does per backend. ``check_shapes`` / ``sweep_shapes``: at most this many
 # shapes of the preset per op, spread over its FLOPs range (None: all); ``sweep_dtypes``: the
@@ -119,7 +128,6 @@ def _first_config_only(enabled: bool):
 
 
 def _check(ops, n_shapes: int | None, say) -> tuple[list[dict], list[str]]:
-    from tritonlab.measure import check
 
     be = backend_mod.current()
     cases, failures = [], []
@@ -142,11 +150,6 @@ def _check(ops, n_shapes: int | None, say) -> tuple[list[dict], list[str]]:
 
 
 def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str]:
-    from tritonlab.hw import devices
-    from tritonlab.ops import registry
-    from tritonlab.ops.contract import dtype_name
-    from tritonlab.runs import sweep
-    from tritonlab.runs.store import RunDir, shape_str
 
     be = backend_mod.current()
     preset = settings["sweep_preset"]
@@ -189,11 +192,6 @@ def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
     is. ``ops`` limits it to some ops (default: all); ``settings`` overrides entries of
     :data:`SETTINGS` for the present backend (the tests shorten the contrast with it).
     Raises UsageError for an unknown op or an ``out_dir`` holding other files in the way."""
-    from tritonlab.contrast import run as contrast_mod
-    from tritonlab.hw import devices
-    from tritonlab.ops import registry
-    from tritonlab.report import render as report
-    from tritonlab.runs.store import command_argv
 
     say = progress or (lambda _msg: None)
     be = backend_mod.current()

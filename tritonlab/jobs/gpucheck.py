@@ -1,5 +1,5 @@
-"""``make gpu-check``: everything that needs a GPU, in one command that fits in 8 minutes on
-one H100/H200 (``python -m tritonlab.jobs.gpucheck --out DIR``).
+"""``tritonlab gpu-check`` (what ``make gpu-check`` runs): everything that needs a GPU, in one
+command that fits in 8 minutes on one H100/H200.
 
 The check is the list :data:`STEPS`; each :class:`Step` is a command with a time budget.
 Steps run in order as subprocesses (stdout to ``DIR/<step>.out``, stderr to
@@ -8,11 +8,15 @@ one still runs. A step past its budget gets SIGINT (a sweep then keeps what it m
 then SIGKILL. ``DIR/summary.json`` and ``DIR/summary.md`` are rewritten after every step,
 so even an interrupted check leaves its record. To add a step, append a :class:`Step` to
 :data:`STEPS` (and keep the budgets within :data:`TOTAL_BUDGET_S`).
+
+The pytest steps need the repository's ``tests/``, which an installed package does not ship:
+:func:`find_repo` looks for it (``--repo``, the current directory and its parents, then
+beside the package), and the steps run there with the repository's own package first on
+``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -25,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tritonlab.errors import UsageError
+
 # Eight minutes, less a margin for starting Python and writing the summary.
 TOTAL_BUDGET_S = 460.0
 # A step that would get less time than this is skipped.
@@ -77,8 +82,10 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_step(step: Step, out: Path, budget_s: float, env: dict | None = None) -> StepResult:
-    """Run one step with ``budget_s`` seconds; never raises for the step's own failures."""
+def run_step(step: Step, out: Path, budget_s: float, env: dict | None = None,
+             cwd: Path | None = None) -> StepResult:
+    """Run one step with ``budget_s`` seconds in ``cwd``; never raises for the step's own
+    failures."""
     result = StepResult(step.name, "error", budget_s)
     stdout_path, log_path = out / f"{step.name}.out", out / f"{step.name}.log"
     result.stdout, result.log = stdout_path.name, log_path.name
@@ -86,7 +93,7 @@ def run_step(step: Step, out: Path, budget_s: float, env: dict | None = None) ->
     try:
         result.command = [str(a) for a in step.argv(out)]
         with open(stdout_path, "wb") as so, open(log_path, "wb") as se:
-            proc = subprocess.Popen(result.command, stdout=so, stderr=se, cwd=REPO, env=env,
+            proc = subprocess.Popen(result.command, stdout=so, stderr=se, cwd=cwd, env=env,
                                     start_new_session=True)
             try:
                 result.rc = proc.wait(timeout=budget_s)
@@ -115,9 +122,12 @@ def run_step(step: Step, out: Path, budget_s: float, env: dict | None = None) ->
     return result
 
 
-def _env() -> dict:
+def step_env(repo: Path | None) -> dict:
+    """The steps' environment: the repository's package (when it has one) ahead of any
+    installed copy, so the tests and the commands exercise the same code."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    first = str(repo) if repo is not None and (repo / "tritonlab").is_dir() else None
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (first, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -145,13 +155,14 @@ def write_summary(out: Path, results: Sequence[StepResult], started: str, finish
 
 
 def run_steps(steps: Sequence[Step], out: str | Path, *, total_budget_s: float = TOTAL_BUDGET_S,
-              env: dict | None = None, echo: Callable[[str], None] | None = None) -> dict:
-    """Run ``steps`` in order within ``total_budget_s``; each gets its budget or what is
-    left; a step that would get less than its budget and under :data:`MIN_STEP_S` is
-    skipped. Returns the summary."""
-    out = Path(out)
+              repo: Path | None = None, env: dict | None = None,
+              echo: Callable[[str], None] | None = None) -> dict:
+    """Run ``steps`` in order within ``total_budget_s``, in ``repo`` (where ``tests/`` is);
+    each gets its budget or what is left; a step that would get less than its budget and
+    under :data:`MIN_STEP_S` is skipped. Returns the summary."""
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = _env() if env is None else env
+    env = step_env(repo) if env is None else env
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     deadline = time.monotonic() + total_budget_s
     results: list[StepResult] = []
@@ -165,7 +176,7 @@ def run_steps(steps: Sequence[Step], out: str | Path, *, total_budget_s: float =
         else:
             if echo:
                 echo(f"[gpu-check] {step.name} (budget {budget:.0f} s): {step.description}")
-            results.append(run_step(step, out, budget, env))
+            results.append(run_step(step, out, budget, env, cwd=repo))
         if echo:
             r = results[-1]
             echo(f"[gpu-check] {step.name}: {r.status} in {r.seconds:.0f} s {r.note}".rstrip())
@@ -183,14 +194,20 @@ def junit_counts(path: Path) -> dict:
     return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
 
 
-def _verify_pytest(out: Path) -> tuple[bool, dict]:
-    xml = out / "pytest-gpu.xml"
-    if not xml.exists():
-        return False, {"error": "pytest wrote no JUnit XML"}
-    counts = junit_counts(xml)
-    ran = counts["tests"] - counts["skipped"]
-    counts["ran"] = ran
-    return counts["failures"] == 0 and counts["errors"] == 0 and ran > 0, counts
+def verify_pytest(xml_name: str) -> Verify:
+    """A verifier that passes when the JUnit XML ``xml_name`` shows tests that ran (not all
+    skipped) with no failure or error."""
+
+    def verify(out: Path) -> tuple[bool, dict]:
+        xml = out / xml_name
+        if not xml.exists():
+            return False, {"error": "pytest wrote no JUnit XML"}
+        counts = junit_counts(xml)
+        ran = counts["tests"] - counts["skipped"]
+        counts["ran"] = ran
+        return counts["failures"] == 0 and counts["errors"] == 0 and ran > 0, counts
+
+    return verify
 
 
 def _verify_sweep(out: Path) -> tuple[bool, dict]:
@@ -224,11 +241,26 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tritonlab.cli", "--backend", "cuda", *args]
 
 
-def _pytest_argv(out: Path) -> list[str]:
+def _pytest(out: Path, xml_name: str, *args: str, env: Sequence[str] = ()) -> list[str]:
     # The tests check correctness, not speed: one config per kernel keeps them in budget
     # (the autotune machinery has tests of its own that switch it back on).
-    return ["env", "TRITONLAB_AUTOTUNE=0", sys.executable, "-m", "pytest", "-m", "gpu", "-q",
-            "-rs", "-p", "no:cacheprovider", f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
+    return ["env", "TRITONLAB_AUTOTUNE=0", *env, sys.executable, "-m", "pytest", "-q", "-rs",
+            "-p", "no:cacheprovider", f"--junitxml={out / xml_name}", *args]
+
+
+def _pytest_gpu_argv(out: Path) -> list[str]:
+    return _pytest(out, "pytest-gpu.xml", "-m", "gpu", "tests")
+
+
+# The CPU lane's matmul and linear tests (odd shapes, strides, edge cases) run on the
+# interpreter everywhere else; compiled for the GPU they catch what the interpreter hides
+# (alignment specialisation, int32 overflow, layout-dependent codegen).
+CUDA_LANE_TESTS = ("tests/test_matmul.py", "tests/test_linear.py")
+
+
+def _cuda_lane_argv(out: Path) -> list[str]:
+    return _pytest(out, "pytest-cuda-lane.xml", "-m", "not gpu", *CUDA_LANE_TESTS,
+                   env=("TRITONLAB_BACKEND=cuda",))
 
 
 # The sweep of the check: every op family at the quick preset in bf16, the lab's kernels
@@ -258,44 +290,55 @@ def _report_argv(out: Path) -> list[str]:
 
 STEPS: list[Step] = [
     Step("nvidia-smi", 10, lambda out: ["nvidia-smi"], "the GPU, driver and clocks"),
-    Step("pytest-gpu", 150, _pytest_argv,
+    Step("pytest-gpu", 130, _pytest_gpu_argv,
          "pytest -m gpu: compiled kernels incl. bfloat16, autotune, CUDA timer, sweep on CUDA",
-         _verify_pytest),
-    Step("sweep-quick", 175, _sweep_argv, "a quick bf16 sweep of every op family into "
+         verify_pytest("pytest-gpu.xml")),
+    Step("pytest-cuda-lane", 70, _cuda_lane_argv, "the CPU lane's matmul and linear tests "
+         "under the cuda backend", verify_pytest("pytest-cuda-lane.xml")),
+    Step("sweep-quick", 140, _sweep_argv, "a quick bf16 sweep of every op family into "
          "sweep-quick/", _verify_sweep),
-    Step("contrast", 90, _contrast_argv, "a short training-vs-inference contrast (Llama-3-8B "
+    Step("contrast", 80, _contrast_argv, "a short training-vs-inference contrast (Llama-3-8B "
          "FFN) into contrast/", _verify_contrast),
-    Step("report", 30, _report_argv, "the report of the sweep and the contrast into report/",
+    Step("report", 25, _report_argv, "the report of the sweep and the contrast into report/",
          _verify_report),
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonlab.jobs.gpucheck",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None,
-                        help="output directory (default: reports/gpu-<date-time>)")
-    parser.add_argument("--only", action="append", default=[], metavar="STEP",
-                        help="run only this step (repeatable)")
-    parser.add_argument("--list", action="store_true", help="list the steps and exit")
-    parser.add_argument("--total-budget", type=float, default=TOTAL_BUDGET_S,
-                        help=f"seconds for the whole check (default {TOTAL_BUDGET_S:.0f})")
-    args = parser.parse_args(argv)
-    if args.list:
-        for s in STEPS:
-            print(f"{s.name:12s} {s.budget_s:5.0f} s  {s.description}")
-        return 0
+def is_repo(path: Path) -> bool:
+    """Whether ``path`` holds the lab's test suite (what the pytest steps run)."""
+    return (path / "tests" / "conftest.py").is_file() and all(
+        (path / t).is_file() for t in CUDA_LANE_TESTS)
+
+
+def find_repo(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
+    """The repository whose ``tests/`` the check runs: ``explicit`` when given, else the
+    first of the current directory, its parents and the directory above the imported
+    package that holds the tests. Raises :class:`UsageError` naming where it looked."""
+    if explicit is not None:
+        repo = Path(explicit).resolve()
+        if not is_repo(repo):
+            raise UsageError(f"--repo {explicit}: no tests/conftest.py with "
+                             f"{', '.join(CUDA_LANE_TESTS)} there")
+        return repo
+    here = (cwd or Path.cwd()).resolve()
+    package_parent = Path(__file__).resolve().parents[2]
+    candidates = [here, *here.parents, package_parent]
+    for path in candidates:
+        if is_repo(path):
+            return path
+    raise UsageError(f"cannot find the lab's tests/ (looked in {here}, its parents and "
+                     f"{package_parent}); run from the repository or pass --repo DIR")
+
+
+def select_steps(only: Sequence[str] = ()) -> list[Step]:
+    """:data:`STEPS`, or those named in ``only`` (UsageError for an unknown name)."""
     names = [s.name for s in STEPS]
-    unknown = [n for n in args.only if n not in names]
+    unknown = [n for n in only if n not in names]
     if unknown:
-        parser.error(f"unknown step {', '.join(unknown)}; steps: {', '.join(names)}")
-    steps = [s for s in STEPS if not args.only or s.name in args.only]
-    out = Path(args.out or REPO / "reports" / f"gpu-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    summary = run_steps(steps, out, total_budget_s=args.total_budget,
-                        echo=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"gpu-check {'passed' if summary['passed'] else 'FAILED'}: {out / 'summary.md'}")
-    return 0 if summary["passed"] else 1
+        raise UsageError(f"unknown step {', '.join(map(repr, unknown))}; valid steps: "
+                         f"{', '.join(names)}")
+    return [s for s in STEPS if not only or s.name in only]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def default_out(repo: Path) -> Path:
+    return repo / "reports" / f"gpu-{_dt.datetime.now():%Y%m%d-%H%M%S}"

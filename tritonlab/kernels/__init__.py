@@ -1,5 +1,12 @@
-"""The lab's kernels, one module per op. Importing this package selects the backend first
-(Triton reads TRITON_INTERPRET when a kernel is decorated)."""
+"""The lab's kernels: ``@triton.jit`` kernels, their launchers and autograd Functions, one
+module per kernel family. Only torch, triton, :mod:`tritonlab.backend` and
+:mod:`tritonlab.errors` are imported here; what an op declares about them (presets,
+references, formulas, baselines) lives in :mod:`tritonlab.ops`.
+
+Importing this package selects the backend first: Triton reads ``TRITON_INTERPRET`` when a
+kernel is decorated, so :func:`tritonlab.backend.current` must run before any kernel module
+is imported, which is why the imports below follow it.
+"""
 
 from tritonlab import backend as _backend
 

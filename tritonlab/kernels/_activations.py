@@ -8,7 +8,6 @@ because the interpreter (triton 3.9) fails on a ``tl.sigmoid`` reached through t
 ``@triton.jit`` helpers ("Cannot call @triton.jit'd outside of the scope of a kernel").
 """
 
-import torch
 import triton
 import triton.language as tl
 
@@ -76,16 +75,3 @@ def activation_grad(x, ACTIVATION: tl.constexpr):
         d = tl.full(x.shape, 1.0, tl.float32)
     return d
 
-
-def torch_activation(x: torch.Tensor, activation: str | None) -> torch.Tensor:
-    """The same activation in torch (references and eager baselines)."""
-    name = normalize_activation(activation)
-    if name == "relu":
-        return torch.relu(x)
-    if name == "gelu":
-        return torch.nn.functional.gelu(x)
-    if name == "gelu_tanh":
-        return torch.nn.functional.gelu(x, approximate="tanh")
-    if name == "silu":
-        return torch.nn.functional.silu(x)
-    return x

@@ -5,25 +5,21 @@ CUDA and uses one fixed config under the interpreter, and operand checks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from tritonlab import backend
-from tritonlab.ops.contract import dtype_name
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INT32_MAX = 2**31 - 1
 
-# Llama-3-8B's model and MLP hidden sizes, the real shapes of the presets.
-LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
 
-
-def mnk(m: int, n: int, k: int) -> dict[str, int]:
-    """A GEMM-family shape in the ops' (M, N, K) dimension order, for presets."""
-    return {"M": m, "N": n, "K": k}
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``, for error messages."""
+    return str(dtype).removeprefix("torch.")
 
 
 @triton.jit
@@ -109,7 +105,6 @@ def gemm_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton
     return configs
 
 
-
 def max_offset(t: torch.Tensor) -> int:
     """The largest element offset a kernel computes for ``t`` (sum of (size-1)*stride)."""
     return sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
@@ -174,16 +169,3 @@ def precision_for(dtype: torch.dtype, input_precision: str | None) -> str:
         return input_precision
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
-
-def compile_baseline(fn: Callable) -> Callable:
-    """``torch.compile(fn, dynamic=False)`` for a baseline impl: specialised per shape, as a
-    user benchmarking fixed shapes would. Every sweep point is one more specialisation of the
-    same code object, and past dynamo's recompile limit (8 by default) torch.compile silently
-    runs eager, so the limits are raised first."""
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 1024))
-    if hasattr(cfg, "accumulated_recompile_limit"):
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
-    return torch.compile(fn, dynamic=False)

@@ -29,10 +29,11 @@ import collections
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tritonlab.kernels._activations import apply_activation, normalize_activation, torch_activation
+from tritonlab.kernels._activations import apply_activation, normalize_activation
 from tritonlab.kernels._gemm import (
     check_matmul_operands,
     check_operand,
@@ -42,7 +43,7 @@ from tritonlab.kernels._gemm import (
 )
 from tritonlab.kernels.tuning import CompileTarget, LastConfig, TunedKernel
 
-__all__ = ["splitk_matmul", "launch_splitk", "DECODE_MAX_M", "LAUNCHES", "LastConfig",
+__all__ = ["splitk_matmul", "launch_splitk", "splitk_targets", "DECODE_MAX_M", "LAUNCHES", "LAST",
            "as_rows", "check_eps", "check_norm", "check_weight", "prepare_out"]
 
 # Largest M the fused and plain launchers send to the decode path.
@@ -339,7 +340,7 @@ def choose_k_split(M: int, N: int, K: int, device: torch.device,
     return _slice(K, split_k, grain)
 
 
-def compile_targets(name: str, dtype: torch.dtype, M: int, N: int, K: int, *,
+def splitk_targets(name: str, dtype: torch.dtype, M: int, N: int, K: int, *,
                     gated: bool = False, rms: bool = False, has_bias: bool = False,
                     activation: str = "none", impls: tuple[str, ...] | None = None,
                     sms: int = 132) -> list:
@@ -433,6 +434,11 @@ def launch_splitk(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,
 
 LAST = LastConfig()
 
+_TORCH_ACTIVATIONS = {
+    "none": lambda x: x, "relu": torch.relu, "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu,
+}
+
 
 def splitk_matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None,
                   activation: str | None = None, out: torch.Tensor | None = None,
@@ -464,7 +470,8 @@ def splitk_matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None
     if K == 0:
         if bias is None:
             return out.zero_()
-        return out.copy_(torch_activation(bias.float().expand(M, N), act))
+        # No products to reduce: y = act(bias) on every row, with no kernel to launch.
+        return out.copy_(_TORCH_ACTIVATIONS[act](bias.float().expand(M, N)))
     LAST.value = launch_splitk(a, b, out, bias=bias, activation=act, split_k=split_k,
                                precision=precision)
     return out

@@ -19,38 +19,24 @@ Decode-sized M (<= 16 rows) goes to the split-K kernel of :mod:`._splitk` with b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tritonlab.kernels._activations import torch_activation
-from tritonlab.kernels._gemm import (
-    LLAMA3_8B_DIM,
-    LLAMA3_8B_HIDDEN,
-    _cfg,
-    compile_baseline,
-    mnk,
-    needs_int64,
-    precision_for,
-    tile_offsets,
-)
+from tritonlab.kernels._gemm import _cfg, needs_int64, precision_for, tile_offsets
 from tritonlab.kernels._splitk import (
     DECODE_MAX_M,
     as_rows,
     check_eps,
     check_norm,
     check_weight,
-    compile_targets,
     fold_norm,
     fused_epilogue,
     launch_splitk,
     prepare_out,
 )
-from tritonlab.kernels.rmsnorm_linear import rms_norm_chain_bytes
 from tritonlab.kernels.tuning import LastConfig, TunedKernel
-from tritonlab.ops.contract import Impl, OpSpec, Tolerance, reduction_tolerance
 
-__all__ = ["gated_mlp", "GATED_ACTIVATIONS", "SPECS"]
+__all__ = ["gated_mlp", "GATED_ACTIVATIONS", "GATED_KERNEL", "GATED_LAST"]
 
 GATED_ACTIVATIONS = ("silu", "gelu_tanh")
 
@@ -151,14 +137,16 @@ def gated_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[trito
     return configs
 
 
-_GATED = TunedKernel(
+# The tiled kernel and the config of gated_mlp's last call (tiled or split-K), public for the
+# op declarations (compile targets, Impl.config).
+GATED_KERNEL = TunedKernel(
     _gated_mlp_kernel,
     key=["M", "N", "K", "stride_xm", "stride_xk", "stride_gn", "stride_gk", "stride_un",
          "stride_uk", "INPUT_PRECISION", "RMS"],
     configs=gated_configs,
     heuristics={"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0},
 )
-_LAST = LastConfig()
+GATED_LAST = LastConfig()
 
 
 def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
@@ -192,11 +180,12 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
         out2.zero_()
         return out
     if M <= DECODE_MAX_M:
-        _LAST.value = launch_splitk(x2, w_gate.t(), out2, b2=w_up.t(), norm_weight=norm_weight,
-                                    eps=eps, activation=activation, precision=precision)
+        GATED_LAST.value = launch_splitk(x2, w_gate.t(), out2, b2=w_up.t(),
+                                         norm_weight=norm_weight, eps=eps,
+                                         activation=activation, precision=precision)
         return out
     rms = norm_weight is not None
-    _GATED.launch(
+    GATED_KERNEL.launch(
         lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),),
         x2.dtype,
         x2, w_gate, w_up, norm_weight, out2, M, N, K, eps,
@@ -206,167 +195,6 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
         ACTIVATION=activation, RMS=rms, INPUT_PRECISION=precision,
         USE_INT64=needs_int64(x2, w_gate, w_up, out2),
     )
-    _LAST.tiled(_GATED)
+    GATED_LAST.tiled(GATED_KERNEL)
     return out
 
-
-# ----------------------------------------------------------------------------- the ops' SPECs
-
-# Llama-3-8B feed-forward: dim 4096 -> hidden 14336. N is the hidden size, K the model dim.
-DECODE_TOKENS = (1, 2, 4, 8, 16)
-PREFILL_TOKENS = (128, 512, 2048, 8192)
-EPS = 1e-5
-
-
-
-PRESETS = {
-    # tiny: interpreter-sized and odd; M = 1 and 13 take the decode path, 37 and 70 the tiled.
-    "tiny": [mnk(1, 96, 80), mnk(13, 130, 72), mnk(37, 83, 131), mnk(70, 64, 64)],
-    "quick": [mnk(1, 14336, 4096), mnk(16, 14336, 4096), mnk(2048, 14336, 4096)],
-    "llm": [mnk(m, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM) for m in DECODE_TOKENS + PREFILL_TOKENS],
-}
-
-
-def _size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def make_inputs(shape, dtype, device, seed):
-    """x (M, K) ~ N(0, 1) like a normalised residual stream; weights (N, K) ~ N(0, 1/K) as
-    model.init_params draws them; the norm weight near 1."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    m, n, k = shape["M"], shape["N"], shape["K"]
-
-    def t(*size, scale=1.0, shift=0.0):
-        return (shift + torch.randn(*size, generator=g) * scale).to(device=device, dtype=dtype)
-
-    return {"x": t(m, k), "w_gate": t(n, k, scale=k**-0.5), "w_up": t(n, k, scale=k**-0.5),
-            "norm_weight": t(k, scale=0.1, shift=1.0)}
-
-
-def eager_gated(x, w_gate, w_up, activation="silu"):
-    """The unfused chain: two GEMMs, the activation and the product, each its own pass."""
-    return torch_activation(F.linear(x, w_gate), activation) * F.linear(x, w_up)
-
-
-def eager_rmsnorm_gated(x, norm_weight, w_gate, w_up, eps=EPS, activation="silu"):
-    from tritonlab.workloads.model import rms_norm
-
-    return eager_gated(rms_norm(x, norm_weight, eps), w_gate, w_up, activation)
-
-
-def flops(shape, mode):
-    """The two GEMMs (the norm and elementwise work are under 0.1% at model sizes)."""
-    return 2 * 2 * shape["M"] * shape["N"] * shape["K"]
-
-
-def _bytes(shape, dtype, mode, rms):
-    """Fused: x, both weights (and the norm weight) read once, y written once."""
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    return _size(dtype) * (m * k + 2 * n * k + m * n + (k if rms else 0))
-
-
-def _unfused_bytes(shape, dtype, mode, rms):
-    """Eager chain: gate and up GEMMs each read x and a weight and write M x N; the activation
-    reads gate and writes act(gate); the product reads both and writes y (7 M N); with the
-    norm, its own chain runs first and both GEMMs read normalised x."""
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    s = _size(dtype)
-    gated = s * (2 * m * k + 2 * n * k + 7 * m * n)
-    return gated + (rms_norm_chain_bytes(m, k, dtype) if rms else 0)
-
-
-def tolerance(dtype, shape, mode):
-    """Two products multiplied: their relative errors add, so twice a K-long dot's bound
-    (which also covers the rounding of x * norm_weight to the operand dtype)."""
-    tol = reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32")
-    return Tolerance(rel_fro=2 * tol.rel_fro, max_rel=2 * tol.max_rel)
-
-
-def _reference(rms):
-    def reference(inputs, mode):
-        d = {k: v.double() for k, v in inputs.items()}
-        x = d["x"]
-        if rms:
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * d["norm_weight"]
-        return (F.silu(x @ d["w_gate"].t()) * (x @ d["w_up"].t()),)
-    return reference
-
-
-def _make_spec(rms: bool) -> OpSpec:
-    def args(inputs):
-        return (inputs["x"], inputs["w_gate"], inputs["w_up"])
-
-    def build_triton(inputs, mode):
-        x, wg, wu = args(inputs)
-        out = torch.empty((x.shape[0], wg.shape[0]), dtype=x.dtype, device=x.device)
-        nw = inputs["norm_weight"] if rms else None
-
-        def run():
-            with torch.inference_mode():
-                return (gated_mlp(x, wg, wu, "silu", norm_weight=nw, eps=EPS, out=out),)
-        return run
-
-    def build_chain(chain):
-        def build(inputs, mode):
-            x, wg, wu = args(inputs)
-            nw = inputs["norm_weight"]
-
-            def run():
-                with torch.inference_mode():
-                    if rms:
-                        return (chain(x, nw, wg, wu),)
-                    return (chain(x, wg, wu),)
-            return run
-        return build
-
-    eager = eager_rmsnorm_gated if rms else eager_gated
-    compiled: list = []
-
-    def build_compiled(inputs, mode):
-        if not compiled:
-            compiled.append(compile_baseline(eager))
-        return build_chain(compiled[0])(inputs, mode)
-
-    def targets(dtype):
-        """What ``tritonlab inspect`` compiles: the tiled kernel on a Llama-3-8B prefill
-        (8192 tokens, 4096 -> 14336) and the split-K kernel on its batch-1 decode."""
-        m, n, k = 8192, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM
-        tiled = _GATED.compile_target("tiled", dtype, dict(
-            M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_gn=k, stride_gk=1,
-            stride_un=k, stride_uk=1, stride_nw=1, stride_om=n, stride_on=1,
-            nw_ptr=dtype if rms else None, ACTIVATION="silu", RMS=rms,
-            INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
-        return [tiled] + compile_targets("decode", dtype, 1, n, k, gated=True, rms=rms,
-                                         activation="silu")
-
-    what = "RMSNorm + gated up-projection" if rms else "gated up-projection"
-    norm_note = " (model.rms_norm first)" if rms else ""
-    return OpSpec(
-        name="rmsnorm_gated_mlp" if rms else "gated_mlp",
-        description=(f"{what}: silu(x Wg^T) * (x Wu^T)" + (" on RMSNorm(x)" if rms else "")
-                     + ", one kernel (inference)"),
-        dims=("M", "N", "K"),
-        presets=PRESETS,
-        impls=(
-            Impl("triton", "triton", build_triton,
-                 f"one Triton kernel, two accumulators{', norm folded in' if rms else ''}; "
-                 "split-K for M <= 16",
-                 config=_LAST),
-            Impl("torch", "baseline", build_chain(eager),
-                 f"eager chain{norm_note}: F.linear x2, F.silu, mul"),
-            Impl("torch_compile", "baseline", build_compiled,
-                 "torch.compile of the eager chain (dynamic=False)", backends=("cuda",)),
-        ),
-        modes=("infer",),
-        make_inputs=make_inputs,
-        reference=_reference(rms),
-        flops=flops,
-        bytes=lambda shape, dtype, mode: _bytes(shape, dtype, mode, rms),
-        unfused_bytes=lambda shape, dtype, mode: _unfused_bytes(shape, dtype, mode, rms),
-        tolerance=tolerance,
-        compile_targets=targets,
-    )
-
-
-SPECS = [_make_spec(rms=False), _make_spec(rms=True)]

@@ -41,34 +41,25 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from tritonlab.kernels._activations import (
-    activation_grad,
-    apply_activation,
-    normalize_activation,
-    torch_activation,
-)
+from tritonlab.kernels._activations import activation_grad, apply_activation, normalize_activation
 from tritonlab.kernels._gemm import (
     SUPPORTED_DTYPES,
     check_operand,
     check_same,
-    compile_baseline,
+    dtype_name,
     gemm_configs,
     grouped_tile,
-    mnk,
     needs_int64,
     precision_for,
 )
 from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk
-from tritonlab.kernels._splitk import compile_targets as splitk_targets
 from tritonlab.kernels.tuning import INTERPRETER_CONFIG, LastConfig, TunedKernel
-from tritonlab.ops.contract import Impl, OpSpec, dtype_name, reduction_tolerance
 
-__all__ = ["linear", "Linear", "SPECS"]
+__all__ = ["linear", "Linear", "KERNELS", "FWD_LAST", "SAVES_DACT", "acc_dtype", "dact_mode"]
 
 # float64 is accepted for verification (torch.autograd.gradcheck); it accumulates in float64.
 DTYPES = (*SUPPORTED_DTYPES, torch.float64)
@@ -76,7 +67,7 @@ DTYPES = (*SUPPORTED_DTYPES, torch.float64)
 SAVES_DACT = ("gelu", "gelu_tanh", "silu")
 
 
-def _dact_mode(activation: str) -> str:
+def dact_mode(activation: str) -> str:
     """How the backward kernels form G' from G and the saved tensor S: "none" (G' = G),
     "relu" (S = y; G' = G where y > 0, else 0), "saved" (S = act'(Z); G' = G * S)."""
     if activation == "none":
@@ -102,7 +93,7 @@ def _row_offsets(rows, M_INNER, stride_outer, stride_inner, SPLIT_ROWS: tl.const
 @triton.jit
 def _grad_preact(g, s, DACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
     """G' = G * act'(Z) for a tile ``g`` of G and the matching tile ``s`` of the saved tensor
-    (see ``_dact_mode``), returned in G's dtype (the operand dtype of the GEMM that consumes
+    (see ``dact_mode``), returned in G's dtype (the operand dtype of the GEMM that consumes
     it); the product is rounded once, as torch's activation backward does."""
     if DACT == "relu":
         g = tl.where(s > 0, g, tl.zeros_like(g))
@@ -237,7 +228,7 @@ def _linear_dx_kernel(
     loaded (G' never exists in memory).
 
     g_ptr: G = dL/dY, shape (M, N), strides (stride_gm, stride_gn).
-    s_ptr: the saved tensor S (D = act'(Z), or Y for ReLU; see ``_dact_mode``), shape
+    s_ptr: the saved tensor S (D = act'(Z), or Y for ReLU; see ``dact_mode``), shape
         (M, N), strides (stride_sm, stride_sn); not read when DACT == "none".
     w_ptr: W, shape (N, K), strides (stride_wn, stride_wk).
     dx_ptr: dX, shape (M, K), strides (stride_dxm, stride_dxk); written once.
@@ -399,7 +390,7 @@ _DX_NAMES = {"BLOCK_M": "BLOCK_M", "BLOCK_N": "BLOCK_K", "BLOCK_K": "BLOCK_N"}
 _DW_NAMES = {"BLOCK_M": "BLOCK_N", "BLOCK_N": "BLOCK_K", "BLOCK_K": "BLOCK_M"}
 
 # Which forward path ran last (tiled, or split-K for decode-sized M), for Impl.config().
-_FWD_LAST = LastConfig()
+FWD_LAST = LastConfig()
 _FWD = TunedKernel(
     _linear_fwd_kernel,
     key=["M", "N", "K", "stride_xk", "stride_wk", "ACTIVATION", "HAS_BIAS", "SAVE_DACT",
@@ -426,7 +417,8 @@ _DW = TunedKernel(
 KERNELS = {"fwd": _FWD, "bwd_dx": _DX, "bwd_dw": _DW}
 
 
-def _acc_dtype(dtype: torch.dtype):
+def acc_dtype(dtype: torch.dtype):
+    """The kernels' ACC_DTYPE for operands of ``dtype``: fp64 for float64, else fp32."""
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -483,7 +475,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if 0 < m <= DECODE_MAX_M and n > 0 and k > 0 and not save_dact and x.dtype != torch.float64:
         # Decode-sized M: one program per column tile would leave most SMs idle, so split K.
         # (The reshape copies x only when its leading dims cannot be viewed: at most 16 rows.)
-        _FWD_LAST.value = launch_splitk(x.reshape(m, k), weight.t(), y2, bias=bias,
+        FWD_LAST.value = launch_splitk(x.reshape(m, k), weight.t(), y2, bias=bias,
                                         activation=activation, precision=precision)
         return y, d
     if m > 0 and n > 0:
@@ -499,9 +491,9 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             y2.stride(0), y2.stride(1),
             HAS_BIAS=bias is not None, ACTIVATION=activation, SAVE_DACT=save_dact,
             SPLIT_ROWS=split, INPUT_PRECISION=precision,
-            USE_INT64=needs_int64(xr, weight, y2), ACC_DTYPE=_acc_dtype(x.dtype),
+            USE_INT64=needs_int64(xr, weight, y2), ACC_DTYPE=acc_dtype(x.dtype),
         )
-        _FWD_LAST.tiled(_FWD)
+        FWD_LAST.tiled(_FWD)
     return y, d
 
 
@@ -510,12 +502,12 @@ def _backward(grad_y: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor
               need_x: bool, need_w: bool, need_b: bool):
     """(dx, dW, db) of y = act(x W^T + b) for weight of shape (n, k), each None unless asked
     for. ``weight`` is needed (and given) only for dx, ``x`` only for dW. ``saved`` is the
-    forward's D = act'(Z), or y for ReLU, or None (see ``_dact_mode`` for ``dact``)."""
+    forward's D = act'(Z), or y for ReLU, or None (see ``dact_mode`` for ``dact``)."""
     # A view for contiguous and broadcast gradients (what autograd passes); a copy otherwise.
     g = grad_y.reshape(-1, n)
     m = g.shape[0]
     s = saved.reshape(m, n) if saved is not None else g
-    acc_dtype = _acc_dtype(g.dtype)
+    acc = acc_dtype(g.dtype)
     dx = dw = db = None
     if need_x:
         dx = torch.empty((*grad_y.shape[:-1], k), dtype=g.dtype, device=g.device)
@@ -530,7 +522,7 @@ def _backward(grad_y: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor
                 g.stride(0), g.stride(1), s.stride(0), s.stride(1),
                 weight.stride(0), weight.stride(1), dx2.stride(0), dx2.stride(1),
                 DACT=dact, INPUT_PRECISION=precision,
-                USE_INT64=needs_int64(g, s, weight, dx2), ACC_DTYPE=acc_dtype,
+                USE_INT64=needs_int64(g, s, weight, dx2), ACC_DTYPE=acc,
             )
     if need_w or need_b:
         dw = torch.empty((n, k), dtype=g.dtype, device=g.device) if need_w else None
@@ -559,7 +551,7 @@ def _backward(grad_y: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor
                 dw_buf.stride(0), dw_buf.stride(-1), db_buf.stride(0),
                 DACT=dact, COMPUTE_DW=compute_dw, COMPUTE_DB=need_b,
                 SPLIT_ROWS=split, INPUT_PRECISION=precision,
-                USE_INT64=needs_int64(g, s, xr, dw_buf), ACC_DTYPE=acc_dtype,
+                USE_INT64=needs_int64(g, s, xr, dw_buf), ACC_DTYPE=acc,
             )
     return dx, dw, db
 
@@ -576,7 +568,7 @@ class _LinearFunction(torch.autograd.Function):
         y, d = _forward(x, weight, bias, activation, precision, save_dact=save_dact)
         saved = d if save_dact else (y if activation == "relu" else None)
         ctx.save_for_backward(x if need_w else None, weight if need_x else None, saved)
-        ctx.dact = _dact_mode(activation)
+        ctx.dact = dact_mode(activation)
         ctx.precision = precision
         ctx.n, ctx.k = weight.shape
         return y
@@ -661,247 +653,3 @@ class Linear(torch.nn.Linear):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
 
-
-# ----------------------------------------------------------------------------- the op's SPECs
-#
-# One op per (activation, bias) variant, so that a sweep names exactly what it measures:
-#   linear            gelu (erf) + bias   the issue's Linear+GELU training target
-#   linear_gelu_tanh  gelu_tanh + bias    the GELU cuBLASLt fuses (torch._addmm_activation)
-#   linear_relu       relu + bias         also fused by cuBLASLt
-#   linear_silu       silu + bias         the Llama MLP gate's activation
-#   linear_plain      no bias, no act.    the bare GEMMs of a linear layer's fwd and bwd
-
-_LLAMA3_8B_MLP_KN = [(4096, 14336), (14336, 4096)]  # (K, N): up/gate, down projections
-
-
-
-PRESETS = {
-    # tiny: interpreter-sized and odd, so every edge mask of the three kernels is exercised.
-    "tiny": [mnk(64, 64, 64), mnk(97, 83, 131), mnk(1, 130, 75), mnk(150, 96, 40)],
-    # quick: one training-sized Llama-3-8B up-projection and one decode-sized shape.
-    "quick": [mnk(4096, 14336, 4096), mnk(16, 4096, 4096)],
-    "square": [mnk(s, s, s) for s in (512, 1024, 2048, 4096, 8192)],
-    # llm: Llama-3-8B MLP projections; M = 2048..16384 tokens for training, 1..16 for decode.
-    "llm": [mnk(m, n, k) for m in (1, 8, 16, 2048, 4096, 8192, 16384)
-            for (k, n) in _LLAMA3_8B_MLP_KN],
-}
-
-
-def _make_inputs(has_bias):
-    def make_inputs(shape, dtype, device, seed):
-        """x ~ N(0, 1) (unit-scale activations), W ~ N(0, 1/K) (so x W^T has unit scale, as
-        with torch.nn.Linear's initialisation), b ~ N(0, 0.25), and the output gradient
-        ``grad`` ~ N(0, 1) used by bwd and fwd_bwd."""
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        m, n, k = shape["M"], shape["N"], shape["K"]
-        inputs = {"x": torch.randn(m, k, generator=g),
-                  "weight": torch.randn(n, k, generator=g) * k ** -0.5}
-        if has_bias:
-            inputs["bias"] = 0.5 * torch.randn(n, generator=g)
-        inputs["grad"] = torch.randn(m, n, generator=g)
-        return {name: t.to(device=device, dtype=dtype) for name, t in inputs.items()}
-    return make_inputs
-
-
-def _operands(inputs, mode):
-    """(x, weight, bias, leaves): autograd leaves sharing the inputs' storage for the
-    training modes, the tensors themselves for infer."""
-    ops = [inputs["x"], inputs["weight"], inputs.get("bias")]
-    if mode != "infer":
-        ops = [t.detach().requires_grad_() if t is not None else None for t in ops]
-    return (*ops, tuple(t for t in ops if t is not None))
-
-
-def _builder(forward, on_build=None):
-    """An Impl.build from ``forward(x, weight, bias) -> y`` with autograd: fwd returns (y,),
-    bwd runs the backward of a forward done here (retain_graph, so run() repeats), fwd_bwd
-    both, infer the forward under torch.inference_mode."""
-    def build(inputs, mode):
-        x, w, b, leaves = _operands(inputs, mode)
-        grad = inputs["grad"]
-        if on_build is not None:
-            on_build(mode)
-        if mode == "infer":
-            def run():
-                with torch.inference_mode():
-                    return (forward(x, w, b),)
-        elif mode == "fwd":
-            def run():
-                return (forward(x, w, b),)
-        elif mode == "bwd":
-            y = forward(x, w, b)
-
-            def run():
-                return torch.autograd.grad(y, leaves, grad, retain_graph=True)
-        else:
-            def run():
-                y = forward(x, w, b)
-                return (y, *torch.autograd.grad(y, leaves, grad))
-        return run
-    return build
-
-
-def _eager(x, w, b, activation):
-    return torch_activation(F.linear(x, w, b), activation)
-
-
-def _compiled(activation):
-    """torch.compile of the eager chain (see :func:`._gemm.compile_baseline`)."""
-    fn = compile_baseline(_eager)
-    return lambda x, w, b: fn(x, w, b, activation)
-
-
-def _make_spec(name: str, activation: str, has_bias: bool, description: str) -> OpSpec:
-    saves_d = activation in SAVES_DACT
-    # Impl.config(): the last launch config of each kernel the built mode runs, keyed by its
-    # compile target's name (the infer forward has its own target where it stores no D).
-    used = {"fwd": {"fwd": _FWD}, "infer": {"infer" if saves_d else "fwd": _FWD},
-            "bwd": {"bwd_dx": _DX, "bwd_dw": _DW},
-            "fwd_bwd": {"fwd": _FWD, "bwd_dx": _DX, "bwd_dw": _DW}}
-    last_mode: list[str] = ["fwd"]
-
-    def config():
-        cfgs = {target: (_FWD_LAST() if k is _FWD else k.last_config)
-                for target, k in used[last_mode[0]].items()}
-        return cfgs if any(v is not None for v in cfgs.values()) else None
-
-    def remember(mode):
-        last_mode[0] = mode
-
-    def reference(inputs, mode):
-        x, w, b = (inputs[k].double() if inputs.get(k) is not None else None
-                   for k in ("x", "weight", "bias"))
-        leaves = tuple(t.requires_grad_() for t in (x, w, b) if t is not None)
-        with torch.enable_grad():
-            y = _eager(x, w, b, activation)
-        if mode in ("fwd", "infer"):
-            return (y.detach(),)
-        grads = torch.autograd.grad(y, leaves, inputs["grad"].double())
-        return grads if mode == "bwd" else (y.detach(), *grads)
-
-    def flops(shape, mode):
-        """2MNK per GEMM (one forward, two backward) plus one FLOP per element for each
-        elementwise product or sum in the math: the bias add (fwd), G * act'(Z) and the db
-        column sums (bwd). Evaluating act and act' is not counted (its instruction count
-        depends on the implementation; torch.utils.flop_counter counts no elementwise work)."""
-        m, n, k = shape["M"], shape["N"], shape["K"]
-        fwd = 2 * m * n * k + (m * n if has_bias else 0)
-        bwd = 4 * m * n * k + (m * n if activation != "none" else 0) + (m * n if has_bias else 0)
-        return {"fwd": fwd, "infer": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
-
-    def bytes_moved(shape, dtype, mode):
-        """Compulsory traffic, each tensor once. infer: read x, W, b, write y. fwd: also write
-        the saved D = act'(Z) (GELU/SiLU; ReLU reuses y). bwd: read G, D or y (when there is
-        an activation), W and x; write dx, dW, db. fwd_bwd: fwd + bwd (x and W are read in
-        both phases, as in training)."""
-        s = dtype.itemsize
-        m, n, k = shape["M"], shape["N"], shape["K"]
-        nb = n if has_bias else 0
-        infer = m * k + n * k + nb + m * n
-        fwd = infer + (m * n if saves_d else 0)
-        bwd = m * n + (m * n if activation != "none" else 0) + 2 * (n * k + m * k) + nb
-        return s * {"fwd": fwd, "infer": infer, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
-
-    def unfused_bytes(shape, dtype, mode):
-        """The eager chain's traffic, each kernel's own compulsory bytes summed: F.linear
-        (x, W, b -> Z), the activation (Z -> y); backward: the activation's backward
-        (G, Z -> G'), two GEMMs each reading G', and a column sum of G' for db."""
-        s = dtype.itemsize
-        m, n, k = shape["M"], shape["N"], shape["K"]
-        nb = n if has_bias else 0
-        act = activation != "none"
-        fwd = m * k + n * k + nb + m * n + (2 * m * n if act else 0)
-        bwd = ((3 * m * n if act else 0) + (m * n + n * k + m * k) + (m * n + m * k + n * k)
-               + (m * n + nb if has_bias else 0))
-        return s * {"fwd": fwd, "infer": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
-
-    def tolerance(dtype, shape, mode):
-        m, n, k = shape["M"], shape["N"], shape["K"]
-        # The longest reduction among the mode's outputs: y over K, dx over N, dW and db over M.
-        length = {"fwd": k, "infer": k, "bwd": max(m, n), "fwd_bwd": max(m, n, k)}[mode]
-        return reduction_tolerance(dtype, length, tf32=precision_for(dtype, None) == "tf32")
-
-    def compile_targets(dtype):
-        """What ``tritonlab inspect`` compiles: the three kernels as launched on a row-major
-        Llama-3-8B up-projection (M=8192 tokens, N=14336, K=4096); unit strides become
-        constants, as Triton's JIT specialises them. The infer forward (no D store) is listed
-        apart where it differs from the training forward; the split-K decode kernel that
-        decode-sized inference takes (M <= 16) is listed as ``decode``."""
-        m, n, k = 8192, 14336, 4096
-        common = dict(M=m, N=n, K=k, INPUT_PRECISION=precision_for(dtype, None),
-                      USE_INT64=False, ACC_DTYPE=_acc_dtype(dtype))
-        rows = dict(M_INNER=m, stride_xo=0, stride_xm=k, stride_xk=1, SPLIT_ROWS=False)
-        bwd = dict(common, stride_gm=n, stride_gn=1, stride_sm=n, stride_sn=1,
-                   DACT=_dact_mode(activation))
-        fwd = dict(common, **rows, stride_wn=k, stride_wk=1, stride_b=1, stride_ym=n,
-                   stride_yn=1, HAS_BIAS=has_bias, ACTIVATION=activation)
-        targets = [_FWD.compile_target("fwd", dtype, dict(fwd, SAVE_DACT=saves_d))]
-        if saves_d:
-            targets.append(_FWD.compile_target("infer", dtype, dict(fwd, SAVE_DACT=False)))
-        targets += [
-            _DX.compile_target("bwd_dx", dtype, dict(bwd, stride_wn=k, stride_wk=1,
-                                                     stride_dxm=k, stride_dxk=1)),
-            _DW.compile_target("bwd_dw", dtype, dict(bwd, **rows, stride_dwn=k, stride_dwk=1,
-                                                     stride_db=1, COMPUTE_DW=True,
-                                                     COMPUTE_DB=has_bias)),
-        ]
-        # Decode-sized inference (M <= 16) runs the split-K kernel with this epilogue.
-        targets += splitk_targets("decode", dtype, DECODE_MAX_M, n, k, has_bias=has_bias,
-                                  activation=activation)
-        return targets
-
-    impls = [
-        Impl("triton", "triton",
-             _builder(lambda x, w, b: linear(x, w, b, activation), remember),
-             "fused Triton kernels: GEMM+bias+act forward; act' fused into the dX and dW "
-             "GEMMs, db from the dW pass", config=config),
-        Impl("torch", "baseline",
-             _builder(lambda x, w, b: _eager(x, w, b, activation)),
-             "eager F.linear + activation, torch autograd"),
-        Impl("torch_compile", "baseline",
-             lambda inputs, mode: _builder(_compiled(activation))(inputs, mode),
-             "torch.compile of the eager chain (dynamic=False)", backends=("cuda",)),
-    ]
-    if has_bias and activation in ("relu", "gelu_tanh"):
-        use_gelu = activation == "gelu_tanh"
-
-        def build_addmm(inputs, mode):
-            x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
-
-            def run():
-                with torch.inference_mode():
-                    return (torch._addmm_activation(b, x, w.t(), use_gelu=use_gelu),)
-            return run
-
-        impls.append(Impl(
-            "addmm_act", "baseline", build_addmm,
-            "torch._addmm_activation: cuBLASLt GEMM with the bias and activation epilogue "
-            "(its GELU is the tanh approximation)", modes=("infer",), backends=("cuda",)))
-
-    return OpSpec(
-        name=name,
-        description=description,
-        dims=("M", "N", "K"),
-        presets=PRESETS,
-        impls=tuple(impls),
-        modes=("fwd", "bwd", "fwd_bwd", "infer"),
-        make_inputs=_make_inputs(has_bias),
-        reference=reference,
-        flops=flops,
-        bytes=bytes_moved,
-        tolerance=tolerance,
-        unfused_bytes=unfused_bytes,
-        compile_targets=compile_targets,
-        tags={"activation": activation, "bias": "yes" if has_bias else "no"},
-    )
-
-
-VARIANTS = {
-    "linear": ("gelu", True, "y = gelu(x W^T + b), erf GELU: trainable Linear+GELU"),
-    "linear_gelu_tanh": ("gelu_tanh", True,
-                         "y = gelu_tanh(x W^T + b): trainable Linear+GELU, cuBLASLt's tanh form"),
-    "linear_relu": ("relu", True, "y = relu(x W^T + b): trainable Linear+ReLU"),
-    "linear_silu": ("silu", True, "y = silu(x W^T + b): trainable Linear+SiLU"),
-    "linear_plain": ("none", False, "y = x W^T: trainable Linear, no bias, no activation"),
-}
-SPECS = [_make_spec(name, *variant) for name, variant in VARIANTS.items()]

@@ -8,8 +8,6 @@ addressing switched on only for tensors whose offsets overflow int32.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 import triton.language as tl
@@ -17,17 +15,14 @@ import triton.language as tl
 from tritonlab.kernels._gemm import (
     check_matmul_operands,
     gemm_configs,
-    mnk,
     needs_int64,
     precision_for,
     tile_offsets,
 )
 from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk, prepare_out
-from tritonlab.kernels._splitk import compile_targets as splitk_targets
 from tritonlab.kernels.tuning import LastConfig, TunedKernel
-from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
 
-__all__ = ["matmul", "SPEC"]
+__all__ = ["matmul", "MATMUL_KERNEL", "MATMUL_LAST"]
 
 
 @triton.jit
@@ -92,15 +87,16 @@ def _matmul_fwd_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-_MATMUL = TunedKernel(
+# The tiled kernel and the config of matmul's last call (tiled or split-K), public for the op
+# declaration (compile targets, Impl.config).
+MATMUL_KERNEL = TunedKernel(
     _matmul_fwd_kernel,
     key=["M", "N", "K", "stride_am", "stride_ak", "stride_bk", "stride_bn", "INPUT_PRECISION"],
     configs=gemm_configs,
     heuristics={"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0},
 )
 
-
-_LAST = LastConfig()
+MATMUL_LAST = LastConfig()
 
 
 def _grid(M: int, N: int):
@@ -126,106 +122,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
     if K == 0:
         return out.zero_()
     if (M <= DECODE_MAX_M) if splitk is None else splitk:
-        _LAST.value = launch_splitk(a, b, out, precision=precision)
+        MATMUL_LAST.value = launch_splitk(a, b, out, precision=precision)
         return out
-    _MATMUL.launch(
+    MATMUL_KERNEL.launch(
         _grid(M, N), a.dtype,
         a, b, out, M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         INPUT_PRECISION=precision, USE_INT64=needs_int64(a, b, out),
     )
-    _LAST.tiled(_MATMUL)
+    MATMUL_LAST.tiled(MATMUL_KERNEL)
     return out
 
-
-# ----------------------------------------------------------------------------- the op's SPEC
-
-_LLAMA3_8B_KN = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]
-
-
-
-PRESETS = {
-    # tiny: interpreter-sized, odd on purpose so every edge mask is exercised.
-    "tiny": [mnk(64, 64, 64), mnk(97, 83, 131), mnk(1, 130, 75), mnk(128, 192, 96)],
-    "quick": [mnk(512, 512, 512), mnk(2048, 2048, 2048), mnk(4096, 4096, 4096),
-              mnk(16, 4096, 4096), mnk(4096, 14336, 4096)],
-    "square": [mnk(s, s, s) for s in (256, 512, 1024, 2048, 3072, 4096, 6144, 8192)],
-    # llm: Llama-3-8B projections (K -> N) at decode (M = 1..16) and prefill (2048..16384).
-    "llm": [mnk(m, n, k) for m in (1, 16, 2048, 8192, 16384) for (k, n) in _LLAMA3_8B_KN],
-}
-
-
-def make_inputs(shape, dtype, device, seed):
-    """A (M, K) and B (K, N) with N(0, 1) entries scaled by K^-1/4 each, so C has unit-scale
-    entries like the activations of a real layer."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    scale = k ** -0.25
-    a = (torch.randn(m, k, generator=g) * scale).to(device=device, dtype=dtype)
-    b = (torch.randn(k, n, generator=g) * scale).to(device=device, dtype=dtype)
-    return {"a": a, "b": b}
-
-
-def reference(inputs, mode):
-    return (inputs["a"].double() @ inputs["b"].double(),)
-
-
-def flops(shape, mode):
-    return 2 * shape["M"] * shape["N"] * shape["K"]
-
-
-def bytes_moved(shape, dtype, mode):
-    s = torch.empty((), dtype=dtype).element_size()
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    return s * (m * k + k * n + m * n)
-
-
-def tolerance(dtype, shape, mode):
-    return reduction_tolerance(dtype, shape["K"],
-                               tf32=precision_for(dtype, None) == "tf32")
-
-
-def _build_triton(inputs, mode):
-    a, b = inputs["a"], inputs["b"]
-    out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
-    return lambda: (matmul(a, b, out=out),)
-
-
-def _build_torch(inputs, mode):
-    a, b = inputs["a"], inputs["b"]
-    out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
-    return lambda: (torch.matmul(a, b, out=out),)
-
-
-def compile_targets(dtype):
-    """What ``tritonlab inspect`` compiles: the tiled kernel as launched on a row-major 4096^3
-    problem (unit strides become constants, as Triton's JIT specialises them), and the
-    split-K decode path that M <= DECODE_MAX_M takes, at M = 16 with the same row-major B."""
-    n = 4096
-    tiled = _MATMUL.compile_target("fwd", dtype, dict(
-        M=n, N=n, K=n, stride_am=n, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n,
-        stride_cn=1, INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
-    partial, *reduce = splitk_targets("decode", dtype, DECODE_MAX_M, n, n)
-    row_major_b = dict(stride_bk=n, stride_bn=1, stride_b2k=n, stride_b2n=1)
-    return [tiled, dataclasses.replace(partial, values={**partial.values, **row_major_b}),
-            *reduce]
-
-
-SPEC = OpSpec(
-    name="matmul",
-    description="C = A @ B (forward GEMM), fp32 accumulation, any layout",
-    dims=("M", "N", "K"),
-    presets=PRESETS,
-    impls=(
-        Impl("triton", "triton", _build_triton, "tiled Triton GEMM, grouped ordering, autotuned",
-             config=_LAST),
-        Impl("torch", "baseline", _build_torch, "torch.matmul (cuBLAS on CUDA)"),
-    ),
-    modes=("fwd", "infer"),
-    make_inputs=make_inputs,
-    reference=reference,
-    flops=flops,
-    bytes=bytes_moved,
-    tolerance=tolerance,
-    compile_targets=compile_targets,
-)

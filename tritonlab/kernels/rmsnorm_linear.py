@@ -21,18 +21,13 @@ partial sums of squares of its K slices in the reduction.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from tritonlab.kernels._gemm import (
-    LLAMA3_8B_DIM,
-    LLAMA3_8B_HIDDEN,
     check_operand,
     check_same,
-    compile_baseline,
     gemm_configs,
-    mnk,
     needs_int64,
     precision_for,
     tile_offsets,
@@ -42,16 +37,14 @@ from tritonlab.kernels._splitk import (
     as_rows,
     check_norm,
     check_weight,
-    compile_targets,
     fold_norm,
     fused_epilogue,
     launch_splitk,
     prepare_out,
 )
 from tritonlab.kernels.tuning import LastConfig, TunedKernel
-from tritonlab.ops.contract import Impl, OpSpec, Tolerance, reduction_tolerance
 
-__all__ = ["rmsnorm_linear", "SPEC"]
+__all__ = ["rmsnorm_linear", "RMSNORM_LINEAR_KERNEL", "RMSNORM_LINEAR_LAST"]
 
 
 @triton.jit
@@ -116,14 +109,16 @@ def _rmsnorm_linear_kernel(
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-_RMSNORM_LINEAR = TunedKernel(
+# The tiled kernel and the config of rmsnorm_linear's last call (tiled or split-K), public for
+# the op declaration (compile targets, Impl.config).
+RMSNORM_LINEAR_KERNEL = TunedKernel(
     _rmsnorm_linear_kernel,
     key=["M", "N", "K", "stride_xm", "stride_xk", "stride_wn", "stride_wk", "INPUT_PRECISION",
          "HAS_BIAS"],
     configs=gemm_configs,
     heuristics={"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0},
 )
-_LAST = LastConfig()
+RMSNORM_LINEAR_LAST = LastConfig()
 
 
 def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
@@ -154,11 +149,12 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     if M == 0 or N == 0:
         return out
     if M <= DECODE_MAX_M:
-        _LAST.value = launch_splitk(x2, weight.t(), out2, norm_weight=norm_weight, eps=eps,
-                                    bias=bias, precision=precision)
+        RMSNORM_LINEAR_LAST.value = launch_splitk(x2, weight.t(), out2,
+                                                  norm_weight=norm_weight, eps=eps, bias=bias,
+                                                  precision=precision)
         return out
     has_bias = bias is not None
-    _RMSNORM_LINEAR.launch(
+    RMSNORM_LINEAR_KERNEL.launch(
         lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),),
         x2.dtype,
         x2, norm_weight, weight, bias, out2, M, N, K, eps,
@@ -167,160 +163,6 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
         HAS_BIAS=has_bias, INPUT_PRECISION=precision,
         USE_INT64=needs_int64(x2, weight, out2),
     )
-    _LAST.tiled(_RMSNORM_LINEAR)
+    RMSNORM_LINEAR_LAST.tiled(RMSNORM_LINEAR_KERNEL)
     return out
 
-
-# ----------------------------------------------------------------------------- the op's SPEC
-
-EPS = 1e-5
-
-
-
-PRESETS = {
-    # tiny: interpreter-sized and odd; M = 1 and 9 take the decode path, 33 and 64 the tiled.
-    "tiny": [mnk(1, 100, 96), mnk(9, 130, 75), mnk(33, 83, 131), mnk(64, 64, 64)],
-    "quick": [mnk(1, 14336, 4096), mnk(16, 6144, 4096), mnk(2048, 14336, 4096)],
-    # llm: the norm in front of Llama-3-8B's MLP up-projection (4096 -> 14336) and in front of
-    # its fused q/k/v projection (4096 -> 4096 + 2 * 1024).
-    "llm": [mnk(m, n, LLAMA3_8B_DIM) for n in (LLAMA3_8B_HIDDEN, 6144)
-            for m in (1, 2, 4, 8, 16, 128, 512, 2048, 8192)],
-}
-
-
-def _size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def make_inputs(shape, dtype, device, seed):
-    """x (M, K) ~ N(0, 1); weight (N, K) ~ N(0, 1/K) as model.init_params draws it; the
-    norm weight near 1."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    x = torch.randn(m, k, generator=g)
-    nw = 1.0 + 0.1 * torch.randn(k, generator=g)
-    w = torch.randn(n, k, generator=g) * k**-0.5
-    return {name: t.to(device=device, dtype=dtype)
-            for name, t in (("x", x), ("norm_weight", nw), ("weight", w))}
-
-
-def eager_rmsnorm_linear(x, norm_weight, weight, eps=EPS, bias=None):
-    """The unfused chain: ``model.rms_norm`` (the block's own definition), then F.linear."""
-    from tritonlab.workloads.model import rms_norm
-
-    return F.linear(rms_norm(x, norm_weight, eps), weight, bias)
-
-
-def reference(inputs, mode):
-    x, nw, w = (inputs[k].double() for k in ("x", "norm_weight", "weight"))
-    h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * nw
-    return (h @ w.t(),)
-
-
-def flops(shape, mode):
-    """The GEMM (the norm's 3 M K are under 0.1% at model sizes)."""
-    return 2 * shape["M"] * shape["N"] * shape["K"]
-
-
-def rms_norm_chain_bytes(m: int, k: int, dtype: torch.dtype) -> int:
-    """DRAM traffic of the eager RMSNorm of ``model.rms_norm`` on an (m, k) x, op by op
-    (each reads its inputs and writes its output once; fp32 is 4 bytes, s the dtype's size):
-    x.float() s+4 per element (skipped for fp32), pow(2) 4+4, mean 4 per element + 4 per row,
-    + eps and rsqrt 4+4 per row each, xf * scale 4+4 per element + 4 per row, .to(dtype) 4+s
-    (skipped for fp32), * norm_weight s+s per element + s per feature."""
-    s = _size(dtype)
-    mk = m * k
-    convert = 0 if dtype == torch.float32 else (s + 4) * mk + (4 + s) * mk
-    return (convert + 8 * mk + (4 * mk + 4 * m) + 8 * m + 8 * m + (8 * mk + 4 * m)
-            + (2 * s * mk + s * k))
-
-
-def bytes_moved(shape, dtype, mode):
-    """Fused: x, the norm weight and W read once, y written once."""
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    return _size(dtype) * (m * k + k + n * k + m * n)
-
-
-def unfused_bytes(shape, dtype, mode):
-    """Eager chain: the RMSNorm ops (``rms_norm_chain_bytes``) write the normalised x, which
-    the GEMM reads back with W before writing y."""
-    m, n, k = shape["M"], shape["N"], shape["K"]
-    return rms_norm_chain_bytes(m, k, dtype) + _size(dtype) * (m * k + n * k + m * n)
-
-
-def tolerance(dtype, shape, mode):
-    """A K-long dot's bound, doubled for the rounding of x * norm_weight to the operand dtype
-    (the eager chain rounds twice too: x * r and then * norm_weight)."""
-    tol = reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32")
-    return Tolerance(rel_fro=2 * tol.rel_fro, max_rel=2 * tol.max_rel)
-
-
-def _operands(inputs):
-    return inputs["x"], inputs["norm_weight"], inputs["weight"]
-
-
-def _build_triton(inputs, mode):
-    x, nw, w = _operands(inputs)
-    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
-
-    def run():
-        with torch.inference_mode():
-            return (rmsnorm_linear(x, nw, w, EPS, out=out),)
-    return run
-
-
-def _chain_builder(chain):
-    def build(inputs, mode):
-        x, nw, w = _operands(inputs)
-
-        def run():
-            with torch.inference_mode():
-                return (chain(x, nw, w),)
-        return run
-    return build
-
-
-_compiled: list = []
-
-
-def _build_compiled(inputs, mode):
-    if not _compiled:
-        _compiled.append(compile_baseline(eager_rmsnorm_linear))
-    return _chain_builder(_compiled[0])(inputs, mode)
-
-
-def _compile_targets(dtype):
-    """What ``tritonlab inspect`` compiles: the tiled kernel on a Llama-3-8B prefill (8192
-    tokens, 4096 -> 14336), and split-K on the fused q/k/v projection at batch 1 (4096 ->
-    6144: three K slices and the reduction with the RMS row scale on an H100)."""
-    m, n, k = 8192, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM
-    tiled = _RMSNORM_LINEAR.compile_target("tiled", dtype, dict(
-        M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_nw=1, stride_wn=k,
-        stride_wk=1, stride_bias=1, stride_om=n, stride_on=1, bias_ptr=None, HAS_BIAS=False,
-        INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
-    return [tiled] + compile_targets("decode", dtype, 1, 6144, k, rms=True)
-
-
-SPEC = OpSpec(
-    name="rmsnorm_linear",
-    description="RMSNorm(x) W^T with the norm folded into the GEMM (inference)",
-    dims=("M", "N", "K"),
-    presets=PRESETS,
-    impls=(
-        Impl("triton", "triton", _build_triton,
-             "one Triton kernel: sum of squares in the K loop, row scale in the epilogue; "
-             "split-K for M <= 16", config=_LAST),
-        Impl("torch", "baseline", _chain_builder(eager_rmsnorm_linear),
-             "eager chain: model.rms_norm then F.linear"),
-        Impl("torch_compile", "baseline", _build_compiled,
-             "torch.compile of the eager chain (dynamic=False)", backends=("cuda",)),
-    ),
-    modes=("infer",),
-    make_inputs=make_inputs,
-    reference=reference,
-    flops=flops,
-    bytes=bytes_moved,
-    unfused_bytes=unfused_bytes,
-    tolerance=tolerance,
-    compile_targets=_compile_targets,
-)

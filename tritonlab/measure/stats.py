@@ -177,13 +177,3 @@ def ratio_of_medians_ci(numerator: Sequence[float], denominator: Sequence[float]
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(ma / mb, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
-
-
-def geomean(values: Sequence[float]) -> float | None:
-    """Geometric mean of positive values; None for an empty sequence."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return None
-    if (x <= 0).any() or not np.isfinite(x).all():
-        raise ValueError("geometric mean needs finite positive values")
-    return float(np.exp(np.log(x).mean()))

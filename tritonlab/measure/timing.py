@@ -21,6 +21,12 @@ callable makes ``reps`` calls, about (slowest call / its call) and at most
 on until every callable meets the :class:`~tritonlab.measure.stats.StopRule` (CI of the
 median within 1%, or the time budget spent); one that met it early keeps being called, so
 all are measured over the same window.
+
+On CUDA each callable's calls of a round run inside an NVTX range (``ranges=`` of
+:meth:`Timer.measure` names them; the sweep passes ``tritonlab:op/impl/mode/dtype/shape``), so
+an Nsight Systems capture of a sweep shows which kernels belong to which point. The CPU timer
+marks nothing. A :class:`RangeMarker` can be given to either timer instead (tests record
+the ranges with one).
 """
 
 from __future__ import annotations
@@ -31,8 +37,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
-from tritonlab.hw.counters import THROTTLE_MASK, throttle_names
+import psutil
+import torch
+
+from tritonlab.hw.nvml import gpu_clocks
 from tritonlab.measure.stats import StopRule, StopTracker, Summary, summarize
 
 CACHE_MODES = ("cold", "warm")
@@ -45,6 +55,26 @@ MAX_REPS = 64
 # Past this much warm-up, a callable that still tunes or compiles on every call is timed
 # anyway and its measurement marked unsettled.
 _MAX_WARMUP_S = 120.0
+
+
+class RangeMarker(Protocol):
+    """Opens and closes named ranges on a profiler's timeline (NVTX on CUDA)."""
+
+    def push(self, name: str) -> None: ...
+
+    def pop(self) -> None: ...
+
+
+class NvtxMarker:
+    """NVTX ranges through torch; without a profiler attached each call costs about a
+    microsecond of host time, outside the timed window (the spin cover hides it)."""
+
+    def push(self, name: str) -> None:
+        torch.cuda.nvtx.range_push(name)
+
+    def pop(self) -> None:
+        torch.cuda.nvtx.range_pop()
+
 
 @dataclass
 class Measurement:
@@ -80,6 +110,7 @@ class Measurement:
 class _Prepared:
     name: str
     call: Callable[[], object]
+    range_name: str = ""
     warmup_calls: int = 0
     warmup_s: float = 0.0
     call_ms: float = 0.0  # wall time of one quiet warm-up call, synchronised
@@ -95,18 +126,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Timer(ABC):
-    """Times callables; see the module docstring. ``cache`` is ``"cold"`` or ``"warm"``."""
+    """Times callables; see the module docstring. ``cache`` is ``"cold"`` or ``"warm"``;
+    ``marker`` opens a range around each callable's calls of a round (None: none)."""
 
     name: str = ""
 
     def __init__(self, *, cache: str = "cold", graph: bool = False, warmup_s: float = 0.0,
-                 min_warmup_calls: int = 1):
+                 min_warmup_calls: int = 1, marker: RangeMarker | None = None):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.cache = cache
         self.graph = graph
         self.warmup_s = warmup_s
         self.min_warmup_calls = max(1, min_warmup_calls)
+        self.marker = marker
 
     # -- what each implementation provides
     @abstractmethod
@@ -157,16 +190,21 @@ class Timer(ABC):
         return item
 
     def measure(self, fns: Mapping[str, Callable[[], object]], rule: StopRule,
-                activity: Callable[[], int] | None = None) -> dict[str, Measurement]:
+                activity: Callable[[], int] | None = None,
+                ranges: Mapping[str, str] | None = None) -> dict[str, Measurement]:
         """Warm up, then time ``fns`` interleaved until each meets ``rule``.
 
         ``rule.budget_s`` is per callable: the interleaved loop gets ``budget_s * len(fns)``.
         ``activity`` returns a counter that grows whenever tuning or compilation happens.
+        ``ranges`` names the profiler range of each callable's timed calls (default: its
+        name in ``fns``).
         """
         if not fns:
             return {}
         activity = activity or (lambda: 0)
         prepared = [self._warm(name, fn, activity) for name, fn in fns.items()]
+        for p in prepared:
+            p.range_name = (ranges or {}).get(p.name, p.name)
         slowest = max(p.call_ms for p in prepared)
         for p in prepared:
             p.reps = max(1, min(MAX_REPS, int(slowest / p.call_ms))) if p.call_ms > 0 else 1
@@ -247,8 +285,6 @@ class CpuTimer(Timer):
 
     def _flush(self) -> None:
         if self._buffer is None:
-            import torch
-
             self._buffer = torch.empty(self.flush_bytes // 4, dtype=torch.int32)
         self._buffer.zero_()
 
@@ -256,6 +292,8 @@ class CpuTimer(Timer):
         dev: dict[str, list[float]] = {p.name: [] for p in prepared}
         for r in range(first_round, first_round + rounds):
             for p in (prepared if r % 2 == 0 else reversed(prepared)):
+                if self.marker:
+                    self.marker.push(p.range_name)
                 for _ in range(p.reps):
                     if self.cache == "cold":
                         self._flush()
@@ -263,14 +301,14 @@ class CpuTimer(Timer):
                     p.call()
                     t1 = time.perf_counter()
                     dev[p.name].append((t1 - t0) * 1e3)
+                if self.marker:
+                    self.marker.pop()
         return dev, {k: list(v) for k, v in dev.items()}
 
     def clocks(self) -> dict | None:
         try:
-            import psutil
-
             freq = psutil.cpu_freq()
-        except Exception:  # psutil missing, or no cpufreq on this platform
+        except Exception:  # no cpufreq on this platform
             return None
         return {"cpu_freq_mhz": float(freq.current)} if freq else None
 
@@ -280,85 +318,14 @@ class CpuTimer(Timer):
 
 # ---------------------------------------------------------------------------------- CUDA
 
-_nvml_state: dict = {}
-
-
-def nvml_handle(device_index: int):
-    """The NVML handle of CUDA device ``device_index`` (matched by UUID, then PCI bus id,
-    so CUDA_VISIBLE_DEVICES reordering is handled), or None where NVML is unavailable."""
-    if device_index in _nvml_state:
-        return _nvml_state[device_index]
-    handle = None
-    try:
-        import pynvml
-        import torch
-
-        if not _nvml_state.get("init"):
-            pynvml.nvmlInit()
-            _nvml_state["init"] = True
-        props = torch.cuda.get_device_properties(device_index)
-        uuid = str(getattr(props, "uuid", "") or "")
-        candidates = []
-        if uuid:
-            candidates.append(lambda: pynvml.nvmlDeviceGetHandleByUUID(
-                uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"))
-        if hasattr(props, "pci_bus_id"):
-            bus = (f"{getattr(props, 'pci_domain_id', 0):08x}:{props.pci_bus_id:02x}:"
-                   f"{getattr(props, 'pci_device_id', 0):02x}.0")
-            candidates.append(lambda: pynvml.nvmlDeviceGetHandleByPciBusId(bus))
-        if pynvml.nvmlDeviceGetCount() == 1:
-            candidates.append(lambda: pynvml.nvmlDeviceGetHandleByIndex(0))
-        for get in candidates:
-            try:
-                handle = get()
-                break
-            except Exception:  # this way of naming the device failed; try the next
-                continue
-    except Exception:  # no pynvml, no driver, or NVML not permitted in this container
-        handle = None
-    _nvml_state[device_index] = handle
-    return handle
-
-
-def gpu_clocks(device_index: int) -> dict | None:
-    """SM and memory clocks, throttle reasons, temperature and power of a CUDA device via
-    NVML; None where NVML is unavailable, None per field that cannot be read."""
-    handle = nvml_handle(device_index)
-    if handle is None:
-        return None
-    import pynvml
-
-    def read(fn, *args):
-        try:
-            return fn(handle, *args)
-        except Exception:  # a query this device or driver does not support
-            return None
-
-    reasons_fn = (getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-                  or getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
-    bits = read(reasons_fn) if reasons_fn else None
-    power = read(pynvml.nvmlDeviceGetPowerUsage)
-    return {
-        "sm_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM),
-        "mem_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_MEM),
-        "throttle_reasons": bits,
-        "throttle": None if bits is None else throttle_names(bits),
-        "slowdown": None if bits is None else bool(bits & THROTTLE_MASK),
-        "temperature_c": read(pynvml.nvmlDeviceGetTemperature, pynvml.NVML_TEMPERATURE_GPU),
-        "power_w": None if power is None else power / 1000.0,
-    }
-
-
 class CudaTimer(Timer):
     """CUDA events; see the module docstring."""
 
     name = "cuda_events"
 
     def __init__(self, *, device: int | None = None, **kw):
-        import torch
-
+        kw.setdefault("marker", NvtxMarker())
         super().__init__(**kw)
-        self._torch = torch
         self.device = torch.cuda.current_device() if device is None else device
         props = torch.cuda.get_device_properties(self.device)
         self.l2_bytes = int(getattr(props, "L2_cache_size", 0) or 0)
@@ -371,14 +338,13 @@ class CudaTimer(Timer):
         self._cover: dict[str, int] = {}
 
     def _sync(self) -> None:
-        self._torch.cuda.synchronize(self.device)
+        torch.cuda.synchronize(self.device)
 
     def _flush(self) -> None:
         self._buffer.zero_()
 
     def _calibrate_spin(self) -> float | None:
         """Clock cycles per millisecond of ``torch.cuda._sleep`` (None if unavailable)."""
-        torch = self._torch
         sleep = getattr(torch.cuda, "_sleep", None)
         if sleep is None:
             return None
@@ -408,7 +374,6 @@ class CudaTimer(Timer):
             self._set_cover(item)
         if not self.graph:
             return
-        torch = self._torch
         fn = item.call
         try:
             side = torch.cuda.Stream(self.device)
@@ -445,12 +410,12 @@ class CudaTimer(Timer):
 
     def _event_pairs(self, n: int) -> list:
         while len(self._events) < n:
-            self._events.append((self._torch.cuda.Event(enable_timing=True),
-                                 self._torch.cuda.Event(enable_timing=True)))
+            self._events.append((torch.cuda.Event(enable_timing=True),
+                                 torch.cuda.Event(enable_timing=True)))
         return self._events[:n]
 
     def _run_rounds(self, prepared, rounds, first_round):
-        sleep = getattr(self._torch.cuda, "_sleep", None)
+        sleep = getattr(torch.cuda, "_sleep", None)
         pairs = iter(self._event_pairs(rounds * sum(p.reps for p in prepared)))
         used: dict[str, list] = {p.name: [] for p in prepared}
         host: dict[str, list[float]] = {p.name: [] for p in prepared}
@@ -458,6 +423,8 @@ class CudaTimer(Timer):
         for r in range(first_round, first_round + rounds):
             for p in (prepared if r % 2 == 0 else reversed(prepared)):
                 cycles = self._cover.get(p.name, 0)
+                if self.marker:
+                    self.marker.push(p.range_name)
                 for _ in range(p.reps):
                     if cold:
                         self._flush()
@@ -471,6 +438,8 @@ class CudaTimer(Timer):
                     end.record()
                     host[p.name].append((h1 - h0) * 1e3)
                     used[p.name].append((start, end))
+                if self.marker:
+                    self.marker.pop()
         self._sync()
         dev = {name: [s.elapsed_time(e) for s, e in ev] for name, ev in used.items()}
         return dev, host

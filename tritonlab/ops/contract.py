@@ -1,8 +1,27 @@
-"""The op contract (DESIGN.md "The op contract").
+"""The op contract (docs/design.md, "The op contract").
 
-Each module under :mod:`tritonlab.kernels` declares one :class:`OpSpec` named ``SPEC`` (or a
-list named ``SPECS``). The registry, the checker, the sweep, the reports and the tests read
-only this structure, so adding an op means adding one module and its tests.
+Each module under :mod:`tritonlab.ops` declares one :class:`OpSpec` instance named ``SPEC``
+(or a list named ``SPECS``). The registry, the checker, the sweep, the reports and the tests
+read only this interface, so adding an op means adding one module and its tests.
+
+An op is a subclass of :class:`OpSpec`. Its class attributes say what it is: ``name``,
+``description``, ``dims`` (dimension names, e.g. ``("M", "N", "K")``), ``modes``, ``presets``
+(preset name -> shapes, each a dict over ``dims``), ``dtypes``, ``dtypes_interpreter`` (the
+dtypes the interpreter computes correctly; its bf16 dots are wrong) and ``tags``. Variants of
+one op are instances with constructor arguments (``LinearOp("linear_relu",
+activation="relu", ...)``). Its methods are the formulas:
+
+* ``implementations()``: the :class:`Impl` tuple (the Triton kernels and the baselines),
+  stored as ``self.impls`` and validated when the op is constructed.
+* ``make_inputs(shape, dtype, device, seed)``: fresh random inputs of realistic scale.
+* ``reference(inputs, mode)``: the outputs of ``mode`` computed in float64.
+* ``flops(shape, mode)`` and ``bytes(shape, dtype, mode)``: the work and the compulsory DRAM
+  traffic of a mode (each input read once, each output written once).
+* ``unfused_bytes(shape, dtype, mode)``: the traffic of the unfused baseline chain, for fused
+  ops; None otherwise (``fused`` tells which an op is).
+* ``tolerance(dtype, shape, mode)``: the :class:`Tolerance` against ``reference``.
+* ``compile_targets(dtype)``: the kernels and launches ``tritonlab inspect`` compiles
+  (:class:`tritonlab.kernels.tuning.CompileTarget`); empty by default.
 
 How an implementation runs a mode
 ---------------------------------
@@ -17,14 +36,16 @@ outputs as a tuple of tensors:
 * ``infer``: the inference path under ``torch.inference_mode``; returns the outputs.
 
 ``OpSpec.reference(inputs, mode)`` returns the same tuple computed in float64, which is what
-``tritonlab check`` and the sweep compare against.
+``tritonlab check`` and the sweep compare against. ``Impl.config(mode)`` (Triton impls)
+returns the launch/autotune config the last run of ``mode`` used.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -71,15 +92,20 @@ def reduction_tolerance(dtype: torch.dtype, k: int, *, tf32: bool = False) -> To
     return Tolerance(rel_fro=4.0 * base, max_rel=8.0 * base)
 
 
+def scaled(tol: Tolerance, factor: float) -> Tolerance:
+    """``tol`` with both bounds multiplied by ``factor``."""
+    return Tolerance(rel_fro=factor * tol.rel_fro, max_rel=factor * tol.max_rel)
+
+
 @dataclass(frozen=True)
 class Impl:
     """One implementation of an op.
 
     ``kind`` is ``"triton"`` for the lab's kernels and ``"baseline"`` for what they are
     compared with. ``build(inputs, mode) -> run`` is described in the module docstring.
-    ``config`` (Triton impls) returns the launch/autotune config used by the last call, or
-    None. ``backends`` lists where it can run (torch.compile, for instance, is not useful under
-    the interpreter).
+    ``config(mode)`` (Triton impls) returns the launch/autotune config used by the last run
+    of ``mode``, or None. ``backends`` lists where it can run (torch.compile, for instance,
+    is not useful under the interpreter).
     """
 
     name: str
@@ -89,7 +115,7 @@ class Impl:
     modes: tuple[str, ...] | None = None
     dtypes: tuple[torch.dtype, ...] | None = None
     backends: tuple[str, ...] = ("cuda", "interpreter")
-    config: Callable[[], dict | None] | None = None
+    config: Callable[[str], dict | None] | None = None
 
     def supports(self, mode: str, dtype: torch.dtype, backend: str) -> str | None:
         """None if this impl runs (mode, dtype) on ``backend``, else the reason it does not."""
@@ -102,39 +128,42 @@ class Impl:
         return None
 
 
-@dataclass(frozen=True)
-class OpSpec:
-    """What one op declares. See the module docstring for the meaning of the callables.
+def compile_baseline(fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=False)`` for a baseline impl: specialised per shape, as a
+    user benchmarking fixed shapes would. Every sweep point is one more specialisation of the
+    same code object, and past dynamo's recompile limit (8 by default) torch.compile silently
+    runs eager, so the limits are raised first."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 1024))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
+    return torch.compile(fn, dynamic=False)
 
-    ``presets`` maps a preset name (``tiny`` for the interpreter, ``quick``, ``square``,
-    ``llm``) to a list of shapes; a shape maps each name of ``dims`` to an int.
-    ``flops(shape, mode)`` and ``bytes(shape, dtype, mode)`` give the work and the compulsory
-    DRAM traffic of a mode (each input read once, each output written once); fused ops also
-    give ``unfused_bytes``, the traffic of the unfused baseline chain. ``tolerance(dtype,
-    shape, mode)`` bounds the error against ``reference``. ``dtypes_interpreter`` lists the
-    dtypes whose results the interpreter computes correctly (bf16 dots are wrong there).
-    ``compile_targets(dtype)`` lists the kernels and launch configs that ``tritonlab inspect``
-    compiles (see :mod:`tritonlab.static.driver`).
+
+class OpSpec:
+    """What one op declares; see the module docstring for the attributes and the methods.
+
+    A subclass sets the class attributes and defines the formulas. ``OpSpec(name,
+    description=...)`` overrides the class's name and description, for variants.
     """
 
     name: str
     description: str
     dims: tuple[str, ...]
-    presets: Mapping[str, Sequence[Shape]]
-    impls: tuple[Impl, ...]
     modes: tuple[str, ...]
-    make_inputs: Callable[[Shape, torch.dtype, str, int], Inputs]
-    reference: Callable[[Inputs, str], Outputs]
-    flops: Callable[[Shape, str], int]
-    bytes: Callable[[Shape, torch.dtype, str], int]
-    tolerance: Callable[[torch.dtype, Shape, str], Tolerance]
+    presets: Mapping[str, Sequence[Shape]]
     dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
     dtypes_interpreter: tuple[torch.dtype, ...] = (torch.float16, torch.float32)
-    unfused_bytes: Callable[[Shape, torch.dtype, str], int] | None = None
-    compile_targets: Callable[[torch.dtype], list] | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = MappingProxyType({})
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str | None = None, *, description: str | None = None) -> None:
+        if name is not None:
+            self.name = name
+        if description is not None:
+            self.description = description
+        self.impls: tuple[Impl, ...] = tuple(self.implementations())
         unknown = set(self.modes) - set(MODES)
         if unknown:
             raise ValueError(f"{self.name}: unknown modes {sorted(unknown)}; valid: {MODES}")
@@ -146,6 +175,44 @@ class OpSpec:
                 if tuple(s) != self.dims:
                     raise ValueError(f"{self.name}: preset {preset} shape {dict(s)} does not "
                                      f"have the dims {self.dims}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # ----------------------------------------------------------------- what an op defines
+
+    def implementations(self) -> Sequence[Impl]:
+        raise NotImplementedError(f"{type(self).__name__} defines no implementations()")
+
+    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: str, seed: int) -> Inputs:
+        raise NotImplementedError(f"{type(self).__name__} defines no make_inputs()")
+
+    def reference(self, inputs: Inputs, mode: str) -> Outputs:
+        raise NotImplementedError(f"{type(self).__name__} defines no reference()")
+
+    def flops(self, shape: Shape, mode: str) -> int:
+        raise NotImplementedError(f"{type(self).__name__} defines no flops()")
+
+    def bytes(self, shape: Shape, dtype: torch.dtype, mode: str) -> int:
+        raise NotImplementedError(f"{type(self).__name__} defines no bytes()")
+
+    def unfused_bytes(self, shape: Shape, dtype: torch.dtype, mode: str) -> int | None:
+        """The unfused baseline chain's traffic; None for an op that fuses nothing."""
+        return None
+
+    def tolerance(self, dtype: torch.dtype, shape: Shape, mode: str) -> Tolerance:
+        raise NotImplementedError(f"{type(self).__name__} defines no tolerance()")
+
+    def compile_targets(self, dtype: torch.dtype) -> list:
+        """What ``tritonlab inspect`` compiles (see :mod:`tritonlab.static`)."""
+        return []
+
+    # ------------------------------------------------------------------- derived
+
+    @property
+    def fused(self) -> bool:
+        """Whether the op replaces an unfused chain (it defines ``unfused_bytes``)."""
+        return type(self).unfused_bytes is not OpSpec.unfused_bytes
 
     def impl(self, name: str) -> Impl:
         for i in self.impls:
@@ -180,5 +247,5 @@ class OpSpec:
             ],
             "presets": {p: [self.format_shape(s) for s in shapes]
                         for p, shapes in self.presets.items()},
-            "fused": self.unfused_bytes is not None,
+            "fused": self.fused,
         }

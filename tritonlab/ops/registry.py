@@ -1,7 +1,8 @@
 """Discovery of ops and parsing of the user's op / impl / mode / dtype / shape choices.
 
-Every module (or package) under :mod:`tritonlab.kernels` that defines ``SPEC`` (or ``SPECS``)
-is an op; nothing central lists them. Importing the kernels selects the backend first.
+Every module under :mod:`tritonlab.ops` that defines ``SPEC`` (or ``SPECS``) declares ops;
+nothing central lists them. The backend is selected before the op modules are imported (they
+import the kernels, which Triton decorates for the backend chosen then).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+import tritonlab.ops as ops_package
 from tritonlab import backend
 from tritonlab.errors import UsageError
 from tritonlab.ops.contract import DTYPES, MODES, OpSpec, Shape
@@ -25,13 +27,11 @@ def discover() -> dict[str, OpSpec]:
     global _ops
     if _ops is None:
         backend.current()
-        import tritonlab.kernels as pkg
-
         found: dict[str, OpSpec] = {}
-        for info in pkgutil.iter_modules(pkg.__path__):
+        for info in pkgutil.iter_modules(ops_package.__path__):
             if info.name.startswith("_"):
                 continue
-            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            module = importlib.import_module(f"{ops_package.__name__}.{info.name}")
             specs = list(getattr(module, "SPECS", ()))
             if hasattr(module, "SPEC"):
                 specs.append(module.SPEC)

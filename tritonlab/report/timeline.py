@@ -5,13 +5,18 @@ that opens in Perfetto (ui.perfetto.dev) or chrome://tracing.
 Both read a finished :class:`tritonlab.hw.counters.Sampler`: its samples, GPM windows
 and phases. Trace format: counter events (``"ph": "C"``) on one track per unit (the event's
 ``args`` hold one series per metric), phases as complete events (``"ph": "X"``) on their own
-thread; times in microseconds since the sampler started.
+thread; times in microseconds since the sampler started. The PNG is drawn on a figure of its
+own Agg canvas (no pyplot), so no GUI backend is involved.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from tritonlab.hw.counters import GPM_METRICS, Sampler
 
@@ -50,10 +55,6 @@ def _series(sampler: Sampler, name: str) -> tuple[list[float], list[float]]:
 
 def plot_timeline(sampler: Sampler, path: str | Path, *, title: str = "") -> Path:
     """Write the PNG timeline of a stopped sampler to ``path``; returns the path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     path = Path(path)
     panels = NVML_PANELS if sampler.kind == "nvml" else CPU_PANELS
     fig = Figure(figsize=(12, 2.3 * len(panels) + 0.8), layout="constrained")

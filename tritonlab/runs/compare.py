@@ -14,40 +14,18 @@ are not comparable; :func:`compare_runs` refuses them unless ``force``.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
 from tritonlab.errors import UsageError
-from tritonlab.measure.stats import geomean, ratio_of_medians_ci
-from tritonlab.output import fmt_num, info, table
-from tritonlab.runs.store import RunDir, Warn, format_key, point_key, shape_str
+from tritonlab.measure.stats import ratio_of_medians_ci
+from tritonlab.output import fmt_num, table
+from tritonlab.runs.records import ResultRow, shape_str
+from tritonlab.runs.store import Run
 
 DEFAULT_THRESHOLD = 0.05
-
-
-@dataclass
-class Run:
-    path: Path
-    manifest: dict
-    rows: dict[tuple, dict]  # by point key
-
-
-def load_run(path: str | Path, warn: Warn = info) -> Run:
-    """A run directory's manifest and rows (the last row wins where a point repeats)."""
-    run = RunDir.open(path)
-    rows: dict[tuple, dict] = {}
-    for row in run.rows(warn):
-        try:
-            key = point_key(row)
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise UsageError(f"{run.results_path}: a row lacks op/impl/mode/dtype/shape") from None
-        if key in rows:
-            warn(f"warning: {run.results_path}: {format_key(key)} appears twice; "
-                 f"using the last")
-        rows[key] = row
-    return Run(run.path, run.manifest(), rows)
 
 
 def _setting(manifest: Mapping, name: str):
@@ -69,11 +47,11 @@ def incompatibilities(base: Run, new: Run) -> list[str]:
     return out
 
 
-def _ok(row: Mapping) -> bool:
+def _ok(row: ResultRow) -> bool:
     return bool(row.get("correct")) and not row.get("error") and bool(row.get("ms"))
 
 
-def compare_point(b: Mapping, n: Mapping, threshold: float) -> dict:
+def compare_point(b: ResultRow, n: ResultRow, threshold: float) -> dict:
     """The comparison of one paired point (see the module docstring)."""
     out = {"op": b["op"], "impl": b["impl"], "mode": b["mode"], "dtype": b["dtype"],
            "shape": b["shape"], "base_ms": b.get("ms"), "new_ms": n.get("ms"),
@@ -112,14 +90,8 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD,
     if why and not force:
         raise UsageError("runs are not comparable: " + "; ".join(why)
                          + " (pass --force to compare anyway)")
-    keys = [k for k in base.rows if k in new.rows]
-    points = [compare_point(base.rows[k], new.rows[k], threshold) for k in keys]
-    by_op: dict[str, list[float]] = defaultdict(list)
-    by_impl: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for p in points:
-        if p["speedup"] is not None:
-            by_op[p["op"]].append(p["speedup"])
-            by_impl[(p["op"], p["impl"])].append(p["speedup"])
+    keys = [k for k in base.points if k in new.points]
+    points = [compare_point(base.points[k], new.points[k], threshold) for k in keys]
     regressions = [p for p in points if p["verdict"].startswith("regression")]
     return {
         "base": str(base.path), "new": str(new.path), "threshold": threshold,
@@ -127,16 +99,32 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD,
         "device": (base.manifest.get("device") or {}).get("name"),
         "forced": bool(why), "incompatibilities": why,
         "points": points,
-        "geomean": [{"op": op, "impl": None, "n": len(v), "speedup": geomean(v)}
-                    for op, v in sorted(by_op.items())]
-                   + [{"op": op, "impl": impl, "n": len(v), "speedup": geomean(v)}
-                      for (op, impl), v in sorted(by_impl.items())],
+        "geomean": speedup_geomeans(points),
         "regressions": len(regressions),
         "improvements": sum(p["verdict"] == "improvement" for p in points),
-        "only_base": [format_key(k) for k in base.rows if k not in new.rows],
-        "only_new": [format_key(k) for k in new.rows if k not in base.rows],
+        "only_base": [str(k) for k in base.points if k not in new.points],
+        "only_new": [str(k) for k in new.points if k not in base.points],
         "passed": not regressions,
     }
+
+
+def speedup_geomeans(points: Iterable[Mapping]) -> list[dict]:
+    """Geometric means of the points' speedups per op (``impl`` None), then per (op, impl).
+
+    Only finite, positive speedups count (a point that failed on either side has none); a
+    group with none is left out rather than given a mean of nothing.
+    """
+    by_op: dict[str, list[float]] = defaultdict(list)
+    by_impl: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for p in points:
+        s = p.get("speedup")
+        if isinstance(s, (int, float)) and math.isfinite(s) and s > 0:
+            by_op[p["op"]].append(s)
+            by_impl[(p["op"], p["impl"])].append(s)
+    groups = [((op, None), v) for op, v in sorted(by_op.items())]
+    groups += sorted(by_impl.items())
+    return [{"op": op, "impl": impl, "n": len(v), "speedup": statistics.geometric_mean(v)}
+            for (op, impl), v in groups]
 
 
 def report_lines(report: Mapping) -> list[str]:

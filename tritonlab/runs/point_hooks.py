@@ -2,7 +2,7 @@
 
 * ``static``: the compiled kernel's registers, spills, shared memory, occupancy and
   tensor-core instruction counts for the config the point ran with
-  (:func:`tritonlab.static.driver.static_facts`, from the compile cache);
+  (:func:`tritonlab.static.inspect_ops.static_facts`, from the compile cache);
 * ``counters``: average power, energy per call and SM clock while the point runs back to
   back for a short window (:func:`tritonlab.hw.counters.sweep_hook`), with the samples
   written to ``RUN/counters.csv``.
@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from tritonlab import backend as backend_mod
+from tritonlab.hw import counters as counters_mod
 from tritonlab.output import info
+from tritonlab.static.inspect_ops import static_facts
 
 # Each point runs this long more inside its counter window: two updates of NVML's energy
 # counter (100 ms), enough for average power and clocks; energy per call is reported with its
@@ -33,8 +35,6 @@ def static_hook(arch: tuple[int, int]):
     kernel, each the facts of *that* target. The facts are those of the config as launched on
     the op's typical problem (its compile targets' values), not re-specialised per shape:
     compiling every point's own specialisation would cost a compile per point."""
-    from tritonlab.static.driver import static_facts
-
     def facts_for(op, impl, config, dtype, target=None):
         facts = static_facts(op, impl.name, config, dtype, arch)
         if target is None:
@@ -73,8 +73,6 @@ def gpu_point_hooks(run_dir: Path, *, counters: bool = True, static: bool = True
         hooks.append(static_hook(torch.cuda.get_device_capability()))
     sampler = None
     if counters:
-        from tritonlab.hw import counters as counters_mod
-
         # NVML numbers GPUs in PCI order whatever CUDA_VISIBLE_DEVICES says: name it by UUID.
         uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
         if not uuid.startswith(("GPU-", "MIG-")):

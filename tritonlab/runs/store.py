@@ -1,6 +1,7 @@
-"""The run directory (DESIGN.md "Run directory"): ``manifest.json``, ``results.jsonl``
+"""The run directory (docs/design.md, "The run directory"): ``manifest.json``, ``results.jsonl``
 (one JSON object per point, appended and flushed as each point finishes) and
-``counters.csv`` (written by the counter samplers).
+``counters.csv`` (written by the counter samplers), and :func:`load_run`, which reads one
+back for ``compare`` and ``report``.
 
 Both files carry ``schema_version``; readers refuse a newer schema than they know. A
 ``results.jsonl`` whose last line was cut short by a crash is reported and that line skipped
@@ -18,36 +19,28 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+
+import numpy
+import torch
 
 from tritonlab.errors import UsageError
 from tritonlab.output import dumps, info
+from tritonlab.runs.records import SCHEMA_VERSION, PointKey, ResultRow, point_key
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 COUNTERS = "counters.csv"
+CONTRAST = "contrast.json"
+TIMELINE = "timeline.png"
 
 Warn = Callable[[str], None]
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def shape_str(shape: Mapping[str, int]) -> str:
-    return "x".join(str(v) for v in shape.values())
-
-
-def point_key(row: Mapping) -> tuple:
-    """What identifies a point across runs: (op, impl, mode, dtype, shape)."""
-    return (row["op"], row["impl"], row["mode"], row["dtype"],
-            tuple((k, int(v)) for k, v in row["shape"].items()))
-
-
-def format_key(key: tuple) -> str:
-    op, impl, mode, dtype, shape = key
-    return f"{op} {impl} {mode} {dtype} {'x'.join(str(v) for _, v in shape)}"
 
 
 def _check_schema(doc: Mapping, where: str) -> None:
@@ -59,7 +52,7 @@ def _check_schema(doc: Mapping, where: str) -> None:
                          f"reads ({SCHEMA_VERSION}); upgrade tritonlab")
 
 
-def read_results(path: Path, warn: Warn = info) -> list[dict]:
+def read_results(path: Path, warn: Warn = info) -> list[ResultRow]:
     """The rows of a results.jsonl (empty if the file does not exist).
 
     A last line without its newline that is not valid JSON (a crash mid-write) is reported
@@ -104,20 +97,19 @@ def _git_state() -> dict:
     return {"sha": sha or None, "dirty": bool(dirty)}
 
 
-def _versions() -> dict:
-    import numpy
-    import torch
-    import triton
-
+def _dist_version(name: str) -> str | None:
     try:
-        from importlib.metadata import version
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return None
 
-        tritonlab_version = version("tritonlab")
-    except Exception:  # running from a source tree that is not installed
-        tritonlab_version = None
+
+def _versions() -> dict:
+    # Triton's version from its metadata: importing triton here, before a kernel module has
+    # chosen the backend, would set Triton up for the wrong one.
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "triton": triton.__version__, "numpy": numpy.__version__,
-            "tritonlab": tritonlab_version, "cuda": torch.version.cuda}
+            "triton": _dist_version("triton"), "numpy": numpy.__version__,
+            "tritonlab": _dist_version("tritonlab"), "cuda": torch.version.cuda}
 
 
 def build_manifest(*, kind: str, backend, device: dict, argv: Iterable[str],
@@ -221,7 +213,7 @@ class RunDir:
         self.write_manifest(doc)
         return doc
 
-    def rows(self, warn: Warn = info) -> list[dict]:
+    def rows(self, warn: Warn = info) -> list[ResultRow]:
         return read_results(self.results_path, warn)
 
     def repair(self, warn: Warn = info) -> None:
@@ -245,7 +237,7 @@ class RunDir:
         with open(path, "ab") as f:
             f.write(b"\n")
 
-    def append(self, rows: Iterable[Mapping]) -> None:
+    def append(self, rows: Iterable[ResultRow]) -> None:
         """Append rows and flush them to disk before returning."""
         # dumps() turns NaN/Inf into null (strict JSON); re-encoding puts each row on a line.
         text = "".join(json.dumps(json.loads(dumps(r))) + "\n" for r in rows)
@@ -255,6 +247,113 @@ class RunDir:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+@dataclass
+class Run:
+    """A run directory read back: its manifest, its rows in file order, its points (the
+    rows by :class:`PointKey`, the last winning where a point repeats), the contrast when
+    there is one, and the warnings met while reading."""
+
+    path: Path
+    manifest: dict
+    rows: list[ResultRow]
+    points: dict[PointKey, ResultRow]
+    contrast: dict | None = None
+    counters_csv: Path | None = None
+    timeline_png: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The run's name in tables and figures: its kind and id (``sweep-20261127-...``)."""
+        run_id = str(self.manifest.get("run_id") or self.path.name)
+        kind = self.manifest.get("kind")
+        return f"{kind}-{run_id}" if kind and not run_id.startswith(str(kind)) else run_id
+
+    @property
+    def backend(self) -> str:
+        return str(self.manifest.get("backend") or self._first("backend") or "unknown")
+
+    @property
+    def device(self) -> str:
+        """The device name (manifests before ``device`` was an object held a string)."""
+        dev = self.manifest.get("device")
+        name = dev.get("name") if isinstance(dev, Mapping) else dev
+        return str(name or self.manifest.get("device_name") or self._first("device")
+                   or "unknown")
+
+    @property
+    def device_uuid(self) -> str | None:
+        dev = self.manifest.get("device")
+        if isinstance(dev, Mapping) and dev.get("uuid"):
+            return dev["uuid"]
+        return self.manifest.get("uuid") or self.manifest.get("device_uuid")
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.backend == "cuda"
+
+    def _first(self, key: str):
+        return next((r[key] for r in self.rows if r.get(key)), None)
+
+
+def _read_contrast(path: Path, warn: Warn) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        warn(f"{path} is not valid JSON ({exc}); its section is left out")
+        return None
+    if not isinstance(doc, dict):
+        warn(f"{path} is not a JSON object; its section is left out")
+        return None
+    version = doc.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise UsageError(f"{path}: schema_version {version} is newer than this tritonlab "
+                         f"reads ({SCHEMA_VERSION}); upgrade tritonlab")
+    return doc
+
+
+def load_run(path: str | Path, warn: Warn | None = info) -> Run:
+    """Read and validate a run directory.
+
+    :class:`UsageError` for a missing directory, one without ``manifest.json``, an
+    unreadable or corrupt file, a row without op/impl/mode/dtype/shape, or a
+    ``schema_version`` newer than this tritonlab reads (manifest, rows or contrast). A
+    truncated last line of ``results.jsonl`` (an interrupted run), a repeated point and an
+    unreadable ``contrast.json`` are warnings: each is kept in :attr:`Run.warnings` and, when
+    ``warn`` is given, passed to it as ``"warning: ..."`` as it is met.
+    """
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        text = message.removeprefix("warning: ")
+        warnings.append(text)
+        if warn is not None:
+            warn(f"warning: {text}")
+
+    run_dir = RunDir.open(path)
+    rows = run_dir.rows(note)
+    points: dict[PointKey, ResultRow] = {}
+    for row in rows:
+        try:
+            key = point_key(row)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise UsageError(f"{run_dir.results_path}: a row lacks op/impl/mode/dtype/shape"
+                             ) from None
+        if key in points:
+            note(f"{run_dir.results_path}: {key} appears twice; using the last")
+        points[key] = row
+    contrast_path = run_dir.path / CONTRAST
+    contrast = _read_contrast(contrast_path, note) if contrast_path.is_file() else None
+    timeline = run_dir.path / TIMELINE
+    run = Run(path=run_dir.path, manifest=run_dir.manifest(), rows=rows, points=points,
+              contrast=contrast,
+              counters_csv=run_dir.counters_path if run_dir.counters_path.is_file() else None,
+              timeline_png=timeline if timeline.is_file() else None, warnings=warnings)
+    if not rows and contrast is None:
+        note(f"{run.path}: no results rows and no contrast: nothing measured")
+    return run
 
 
 def command_argv() -> list[str]:

@@ -10,6 +10,12 @@ every baseline of the point. The rows of a point are appended to ``results.jsonl
 flushed) as soon as the point is done, so a crash or Ctrl-C loses at most the point being
 measured, and ``--resume`` skips every (op, impl, mode, dtype, shape) already there.
 
+Rows are :class:`~tritonlab.runs.records.ResultRow` records (plain dicts, the JSON on disk).
+On CUDA each implementation's timed calls run inside an NVTX range named
+:meth:`Point.range_name <tritonlab.runs.records.Point.range_name>`
+(``tritonlab:matmul/triton/fwd/float16/4096x4096x4096``), so a ``nsys profile`` capture of a
+sweep shows which point each kernel belongs to.
+
 Extension point: :data:`POINT_HOOKS` (or ``hooks=`` of :func:`run_sweep`) holds callables
 ``hook(op, impl, row, run) -> dict | None`` called for every row before it is written, with
 the row so far and the built callable (None when the implementation was not timed); the
@@ -29,6 +35,7 @@ import torch
 
 from tritonlab import backend as backend_mod
 from tritonlab.errors import UsageError
+from tritonlab.hw import devices
 from tritonlab.kernels.tuning import TUNING_LOG
 from tritonlab.measure import check
 from tritonlab.measure.timing import Measurement, Timer, default_rule, make_timer
@@ -37,36 +44,11 @@ from tritonlab.ops.contract import Impl, OpSpec, Shape, dtype_name
 from tritonlab.output import fmt_num, info, table
 from tritonlab.report import roofline
 from tritonlab.runs.point_hooks import gpu_point_hooks
-from tritonlab.runs.store import (
-    SCHEMA_VERSION,
-    RunDir,
-    build_manifest,
-    now_iso,
-    point_key,
-    shape_str,
-)
+from tritonlab.runs.records import Point, PointKey, ResultRow, blank_row, point_key, shape_str
+from tritonlab.runs.store import RunDir, build_manifest, now_iso
 
-PointHook = Callable[[OpSpec, Impl, dict, Callable[[], object] | None], Mapping | None]
+PointHook = Callable[[OpSpec, Impl, ResultRow, Callable[[], object] | None], Mapping | None]
 POINT_HOOKS: list[PointHook] = []
-
-
-@dataclass(frozen=True)
-class Point:
-    """One (op, mode, dtype, shape) and the implementations to measure there."""
-
-    op: OpSpec
-    mode: str
-    dtype: torch.dtype
-    shape: Shape
-    impls: tuple[Impl, ...]
-
-    def key(self, impl: Impl) -> tuple:
-        return point_key({"op": self.op.name, "impl": impl.name, "mode": self.mode,
-                          "dtype": dtype_name(self.dtype), "shape": dict(self.shape)})
-
-    @property
-    def label(self) -> str:
-        return f"{self.op.name} {self.mode} {dtype_name(self.dtype)} {shape_str(self.shape)}"
 
 
 @dataclass
@@ -89,7 +71,7 @@ class SweepOptions:
 class SweepResult:
     run_dir: Path
     manifest: dict
-    rows: list[dict]  # every row of the run directory, after this invocation
+    rows: list[ResultRow]  # every row of the run directory, after this invocation
     new_rows: int
     points_total: int
     points_done_before: int  # skipped because --resume found them complete
@@ -97,7 +79,7 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def failed(self) -> list[dict]:
+    def failed(self) -> list[ResultRow]:
         return [r for r in self.rows if r.get("error")]
 
 
@@ -229,8 +211,6 @@ def _free_memory(error: str | None) -> None:
 def _current_peaks(be):
     """This device's roofline peaks (:func:`tritonlab.hw.devices.current_peaks`), or
     None where none are known (rows then keep null roofline fields)."""
-    from tritonlab.hw import devices
-
     try:
         return devices.current_peaks(be)
     except Exception as exc:  # an unknown device must not stop the sweep
@@ -252,35 +232,11 @@ class _Sweeper:
         self.peaks = _current_peaks(be)
         self.tuned: dict[tuple, dict] = {}
 
-    def base_row(self, point: Point, impl: Impl) -> dict:
-        op, shape, mode, dtype = point.op, point.shape, point.mode, point.dtype
-        flops = int(op.flops(shape, mode))
-        nbytes = int(op.bytes(shape, dtype, mode))
-        return {
-            "schema_version": SCHEMA_VERSION, "op": op.name, "impl": impl.name,
-            "kind": impl.kind, "mode": mode, "dtype": dtype_name(dtype), "shape": dict(shape),
-            "backend": self.be.name, "device": self.device_name, "seed": self.options.seed,
-            "flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else None,
-            "unfused_bytes": (int(op.unfused_bytes(shape, dtype, mode))
-                              if op.unfused_bytes else None),
-            "ms": None, "ms_ci": None, "iqr_ms": None, "rel_ci": None, "samples_ms": [],
-            "n_samples": 0, "stop_reason": None, "calls_per_round": None, "host_ms": None,
-            "launch_bound": None,
-            "tflops": None, "gbps": None,
-            "correct": None, "max_rel_err": None, "rel_fro_err": None,
-            "speedup": None, "roofline_tflops": None, "pct_roofline": None,
-            "roofline_tflops_measured": None, "pct_roofline_measured": None,
-            "config": None, "autotune_timings": None,
-            # fp32 GEMMs (the Triton kernels' default and torch.matmul) follow this flag.
-            "tf32": (bool(torch.backends.cuda.matmul.allow_tf32)
-                     if dtype == torch.float32 else None),
-            "timer": self.timer.name, "cache": self.timer.cache, "graph": False,
-            "graph_error": None, "warmup_calls": None, "settled": None,
-            "clocks_start": None, "clocks_end": None, "throttled": None,
-            "error": None, "time": None,
-        }
+    def base_row(self, point: Point, impl: Impl) -> ResultRow:
+        return blank_row(point, impl, backend=self.be.name, device=self.device_name,
+                         seed=self.options.seed, timer=self.timer.name, cache=self.timer.cache)
 
-    def _check(self, point: Point, impl: Impl, row: dict) -> bool:
+    def _check(self, point: Point, impl: Impl, row: ResultRow) -> bool:
         log = _tuning_log()
         start = len(log)
         try:
@@ -308,22 +264,24 @@ class _Sweeper:
             tuned[entry["kernel"]] = {"config": entry["config"], "timings": entry["timings"]}
         return bool(res.correct)
 
-    def _time(self, runs: dict[str, Callable[[], object]], rows: dict[str, dict]
-              ) -> dict[str, Measurement]:
+    def _time(self, point: Point, runs: dict[str, Callable[[], object]],
+              rows: dict[str, ResultRow]) -> dict[str, Measurement]:
+        ranges = {impl.name: point.range_name(impl) for impl in point.impls}
         try:
-            return self.timer.measure(runs, self.rule, _activity)
+            return self.timer.measure(runs, self.rule, _activity, ranges=ranges)
         except Exception:
             # Find out which implementation failed by timing each on its own.
             out = {}
             for name, run in runs.items():
                 try:
-                    out.update(self.timer.measure({name: run}, self.rule, _activity))
+                    out.update(self.timer.measure({name: run}, self.rule, _activity,
+                                                  ranges=ranges))
                 except Exception as exc:  # OOM, launch failure: recorded on its row
                     rows[name]["error"] = describe_error(exc)
                     _free_memory(rows[name]["error"])
             return out
 
-    def measure(self, point: Point) -> tuple[dict[str, dict], dict[str, Callable]]:
+    def measure(self, point: Point) -> tuple[dict[str, ResultRow], dict[str, Callable]]:
         """All rows of one point (by impl name) and the callables that were timed."""
         rows = {impl.name: self.base_row(point, impl) for impl in point.impls}
         clocks_start = self.timer.clocks()
@@ -343,7 +301,7 @@ class _Sweeper:
                     runs[impl.name] = impl.build(inputs, point.mode)
                 except Exception as exc:
                     rows[impl.name]["error"] = describe_error(exc)
-            timings = self._time(runs, rows) if runs else {}
+            timings = self._time(point, runs, rows) if runs else {}
             for impl in correct:
                 if impl.name in timings:
                     self._fill_timing(rows[impl.name], timings[impl.name], impl, point)
@@ -362,7 +320,7 @@ class _Sweeper:
                     row.setdefault("hook_errors", {})["roofline"] = describe_error(exc)
         return rows, runs
 
-    def _fill_timing(self, row: dict, m: Measurement, impl: Impl, point: Point) -> None:
+    def _fill_timing(self, row: ResultRow, m: Measurement, impl: Impl, point: Point) -> None:
         s = m.summary
         seconds = s.median * 1e-3
         row.update(
@@ -377,7 +335,7 @@ class _Sweeper:
         )
         if impl.config is not None:
             try:
-                row["config"] = impl.config()
+                row["config"] = impl.config(point.mode)
             except Exception as exc:  # a config reader bug must not lose the timing
                 row.setdefault("hook_errors", {})["config"] = describe_error(exc)
         tuned = self.tuned.get((point.op.name, impl.name, dtype_name(point.dtype),
@@ -385,7 +343,7 @@ class _Sweeper:
         row["autotune_timings"] = tuned or None
 
     @staticmethod
-    def _fill_speedups(point: Point, rows: dict[str, dict]) -> None:
+    def _fill_speedups(point: Point, rows: dict[str, ResultRow]) -> None:
         base_ms = {i.name: rows[i.name]["ms"] for i in point.impls
                    if i.kind == "baseline" and rows[i.name]["ms"]}
         for impl in point.impls:
@@ -393,7 +351,7 @@ class _Sweeper:
             if impl.kind == "triton" and row["ms"] and base_ms:
                 row["speedup"] = {name: ms / row["ms"] for name, ms in base_ms.items()}
 
-    def finish_row(self, point: Point, impl: Impl, row: dict, run) -> dict:
+    def finish_row(self, point: Point, impl: Impl, row: ResultRow, run) -> ResultRow:
         for hook in self.hooks:
             try:
                 extra = hook(point.op, impl, row, run)
@@ -415,8 +373,6 @@ def open_run(out: Path, *, resume: bool, be, argv: Sequence[str], selection: Map
              options: SweepOptions, timer: Timer) -> RunDir:
     """Create the run directory, or reopen it for ``resume`` after checking that it was
     measured the same way (backend, device, cache, graph)."""
-    from tritonlab.hw import devices
-
     if not resume:
         device = {**devices.describe(be), "clocks_at_start": timer.clocks()}
         manifest = build_manifest(kind="sweep", backend=be, device=device,
@@ -459,7 +415,7 @@ def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: Sweep
                        POINT_HOOKS if hooks is None else hooks)
     if sweeper.peaks is not None:
         run.update_manifest(peaks=sweeper.peaks.to_dict())
-    done = {point_key(r) for r in run.rows()}
+    done: set[PointKey] = {point_key(r) for r in run.rows()}
     new_rows = before = 0
     interrupted = False
     try:

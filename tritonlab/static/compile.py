@@ -5,32 +5,44 @@ specialised signature, constexprs, launch options, target capability and the cac
 fill). :func:`compile_job` runs it in the calling process, which needs the kernel as a real
 ``JITFunction``. Under ``TRITON_INTERPRET=1`` every ``@triton.jit`` function, including
 Triton's own ``tl.cdiv`` and the lab's helpers, is an ``InterpretedFunction`` that the code
-generator cannot call, so :mod:`tritonlab.static.driver` runs jobs in worker processes
-(``python -m tritonlab.static.compile``) that import Triton with the interpreter
-switched off. Workers read jobs as JSON lines on stdin and print one JSON line per finished
-job on stdout.
+generator cannot call, so :mod:`tritonlab.static.workers` runs jobs in worker processes set up
+by :mod:`tritonlab.static.worker_init`, which import Triton with the interpreter switched off;
+:func:`run_job` is what a worker runs per job.
 
 A cache entry is a directory holding the compiler's outputs, written under a temporary name
 and renamed into place, so a concurrent reader sees a whole entry or none:
 ``kernel.{ttir,ttgir,llir,ptx,cubin,sass}`` (LLIR and SASS gzipped), ``resource_usage.txt``
 (cuobjdump), ``ptxas.log`` (ptxas -v) and ``meta.json``; or ``meta.json`` with an ``error``.
 Read them with :func:`read_artifact`.
+
+This module imports Triton and not the lab's kernels: in a worker it is first imported after
+:func:`~tritonlab.static.worker_init.init_worker` ran, and in the lab's own process the
+package :mod:`tritonlab.static` has chosen the backend before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib
 import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+import types
 import warnings
 from pathlib import Path
+
+import triton
+import triton.language as tl
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
 
 STAGES = ("ttir", "ttgir", "llir", "ptx")
 ARTIFACTS = ("kernel.ttir", "kernel.ttgir", "kernel.llir", "kernel.ptx", "kernel.cubin",
@@ -57,8 +69,6 @@ def read_artifact(entry: Path, name: str) -> bytes:
 
 def encode_constexpr(value):
     """A constexpr value as JSON (tl.dtype values become {"tl.dtype": name})."""
-    import triton.language as tl
-
     if isinstance(value, tl.dtype):
         return {"tl.dtype": value.name}
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -68,8 +78,6 @@ def encode_constexpr(value):
 
 
 def decode_constexpr(value):
-    import triton.language as tl
-
     if isinstance(value, dict) and set(value) == {"tl.dtype"}:
         return tl.dtype(value["tl.dtype"])
     return value
@@ -77,13 +85,9 @@ def decode_constexpr(value):
 
 def tool_path(name: str) -> str:
     """Path of an NVIDIA tool shipped with Triton (cuobjdump, nvdisasm, ptxas)."""
-    from triton import knobs
-
     knob = getattr(knobs.nvidia, name.replace("-", "_"), None)
     if knob is not None:
         return knob.path
-    import triton
-
     path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if path.exists():
         return str(path)
@@ -93,25 +97,36 @@ def tool_path(name: str) -> str:
     return found
 
 
-def _load_kernel(job: dict):
-    import importlib
+def jit_function(kernel):
+    """The ``@triton.jit`` object (a JITFunction, or an InterpretedFunction under the
+    interpreter) under ``triton.autotune`` / ``triton.heuristics`` wrappers: the first one
+    whose ``fn`` is the Python function itself."""
+    obj = kernel
+    while not isinstance(getattr(obj, "fn", None), types.FunctionType):
+        if not hasattr(obj, "fn"):
+            raise TypeError(f"{kernel!r} is not a @triton.jit function")
+        obj = obj.fn
+    return obj
 
-    from triton.runtime.jit import JITFunction
 
-    module = importlib.import_module(job["module"])
-    obj = getattr(module, job["function"], None)
-    while obj is not None and not isinstance(obj, JITFunction) and hasattr(obj, "fn"):
-        obj = obj.fn  # unwrap triton.autotune / triton.heuristics
+def _load_kernel(job: dict) -> JITFunction:
+    name = f"{job['module']}.{job['function']}"
+    obj = getattr(importlib.import_module(job["module"]), job["function"], None)
+    with contextlib.suppress(TypeError):  # not a Triton function: reported below
+        obj = jit_function(obj)
+    if type(obj).__name__ == "InterpretedFunction":
+        # A spawned worker runs the parent's main script before its initializer.
+        raise TypeError(f"{name} was decorated for Triton's interpreter before this compile "
+                        f"worker switched it off: the main script imports the kernels at its "
+                        f"top; import them under `if __name__ == \"__main__\":` instead")
     if not isinstance(obj, JITFunction):
-        raise TypeError(f"{job['module']}.{job['function']} is not a module-level @triton.jit "
-                        f"function in this process (got {type(obj).__name__})")
+        raise TypeError(f"{name} is not a module-level @triton.jit function in this process "
+                        f"(got {type(obj).__name__})")
     return obj
 
 
 def _ptxas_log(ptx: str, capability: int) -> str:
     """Run ``ptxas -v`` on the PTX, for Triton versions that do not hand back their own log."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
     try:
         ptxas = get_ptxas(capability).path
     except TypeError:  # Triton versions with one ptxas for every target
@@ -170,23 +185,19 @@ def compile_job(job: dict, kernel=None) -> dict:
 
     ``kernel`` is the JITFunction when the caller already has it (GPU backend); otherwise
     it is imported from ``job["module"]``. Compile errors are stored in the entry (a config
-    that does not compile fails the same way next time); failures to store are raised.
+    that does not compile fails the same way next time); failures to import the kernel or to
+    store the entry are raised, and nothing is stored for them.
     """
-    import triton
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     entry = Path(job["entry"])
     if (entry / "meta.json").exists():
         return {"key": job["key"], "ok": True, "error": None}
+    fn = kernel if kernel is not None else _load_kernel(job)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
     meta: dict = {"key": job["key"], "triton_version": triton.__version__,
                   "capability": job["capability"], "options": job["options"], "error": None}
     start = time.perf_counter()
     try:
-        fn = kernel if kernel is not None else _load_kernel(job)
         names = list(fn.arg_names)
         constexprs = {(names.index(k),): decode_constexpr(v) for k, v in job["constexprs"].items()}
         attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in job["divisible"]}
@@ -241,27 +252,11 @@ def _store_outputs(compiled, ptxas_log: str, capability: int, tmp: Path, meta: d
                 num_stages=int(md.num_stages), num_ctas=int(getattr(md, "num_ctas", 1)))
 
 
-def main() -> None:
-    """Worker: compile the jobs given as JSON lines on stdin, report each on stdout."""
-    import triton
-
-    # Decorate every @triton.jit function (Triton's own included) as a compilable
-    # JITFunction, whatever TRITON_INTERPRET says; this process never launches a kernel.
-    triton.knobs.runtime.interpret = False
-    out = sys.stdout
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        job = json.loads(line)
-        try:
-            result = compile_job(job)
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which goes on
-            result = {"key": job["key"], "ok": False, "error": error_message(exc),
-                      "transient": True}
-        out.write(json.dumps(result) + "\n")
-        out.flush()
-
-
-if __name__ == "__main__":
-    os.environ.pop("TRITON_INTERPRET", None)
-    main()
+def run_job(job: dict) -> dict:
+    """A worker's run of one job: :func:`compile_job`'s result, or for a failure other than
+    the compiler's (which is not cached, so the next run tries again) ``{"key", "ok": False,
+    "error", "transient": True}``, so that one job's failure never stops the others."""
+    try:
+        return compile_job(job)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which goes on
+        return {"key": job["key"], "ok": False, "error": error_message(exc), "transient": True}

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 
 from tritonlab import backend
+from tritonlab.kernels.gated_mlp import gated_mlp
+from tritonlab.kernels.matmul import matmul
 from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
 
 IMPLS = ("triton", "torch")
@@ -93,9 +95,6 @@ class InferenceWorkload:
             return self._fused(x)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        from tritonlab.kernels.gated_mlp import gated_mlp
-        from tritonlab.kernels.matmul import matmul
-
         p = self.params
         h = gated_mlp(x, p["w_gate"], p["w_up"], self.cfg.activation,
                       norm_weight=p["norm_weight"], eps=self.cfg.eps)

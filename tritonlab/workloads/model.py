@@ -3,8 +3,9 @@
     h = RMSNorm(x) * norm_weight
     y = x + W_down (act(W_gate h) * (W_up h))
 
-with ``act`` = SiLU by default. :func:`init_params` draws its weights; :func:`reference_forward`
-is the plain-torch definition every implementation is checked against.
+with ``act`` = SiLU by default. :func:`init_params` draws its weights;
+:func:`reference_forward` is the plain-torch definition every implementation is checked
+against (:func:`tritonlab.reference.ffn_block`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+
+from tritonlab.reference import ffn_block
 
 SIZES = {
     # name: (dim, hidden). tiny/small run under the interpreter; the rest need a GPU.
@@ -60,17 +63,6 @@ def init_params(cfg: MLPConfig, dtype: torch.dtype, device, seed: int = 0) -> di
     }
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float() if x.dtype != torch.float64 else x
-    scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (xf * scale).to(x.dtype) * weight
-
-
 def reference_forward(cfg: MLPConfig, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The block in plain torch, in x's dtype (call with float64 tensors for a reference)."""
-    from tritonlab.kernels._activations import torch_activation
-
-    h = rms_norm(x, params["norm_weight"], cfg.eps)
-    gate = torch_activation(h @ params["w_gate"].t(), cfg.activation)
-    up = h @ params["w_up"].t()
-    return x + (gate * up) @ params["w_down"].t()
+    return ffn_block(x, params, cfg.activation, cfg.eps)

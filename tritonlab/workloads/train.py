@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tritonlab.kernels._activations import torch_activation
-from tritonlab.workloads.model import MLPConfig, init_params, reference_forward, rms_norm
+from tritonlab import backend
+from tritonlab.kernels import linear
+from tritonlab.reference import eager_linear, rms_norm
+from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
 
 IMPLS = ("triton", "torch")
 
@@ -36,8 +38,6 @@ class TrainingWorkload:
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; expected one of: {', '.join(IMPLS)}")
         if device is None:
-            from tritonlab import backend
-
             device = backend.current().device
         self.cfg = cfg
         self.impl = impl
@@ -49,12 +49,9 @@ class TrainingWorkload:
         self._teacher = init_params(cfg, dtype, self.device, seed + 1)
         self.optimizer = torch.optim.SGD(self.params.values(), lr=lr, momentum=momentum)
         if impl == "triton":
-            from tritonlab.kernels import linear
-
             self._linear = linear
         else:
-            self._linear = lambda x, w, activation=None: torch_activation(F.linear(x, w),
-                                                                          activation)
+            self._linear = lambda x, w, activation=None: eager_linear(x, w, None, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y = x + W_down (act(W_gate h) * (W_up h)), h = RMSNorm(x) * norm_weight."""

@@ -1,0 +1,114 @@
+"""The contrast's plan: which modes, impls and batches run, for how long, on which model;
+the backend's defaults, and the checks that name the valid choices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from tritonlab.errors import UsageError
+from tritonlab.hw import counters as counters_mod
+from tritonlab.ops.contract import DTYPES
+from tritonlab.workloads.model import SIZES
+
+MODES = ("train", "infer")
+IMPLS = ("triton", "torch")
+# Ten updates of the NVML energy counter (100 ms each): the counter difference over a phase
+# is then within about 10% whatever the phase's alignment with the updates.
+MIN_PHASE_S = 1.0
+# Warm-up steps at least: on a GPU the first step compiles and autotunes every kernel and the
+# second shows it is done; the interpreter compiles nothing.
+MIN_WARMUP_STEPS = {"cuda": 2, "interpreter": 1}
+
+DEFAULTS = {
+    # A GPU gets batches from one token (decode) to a large prefill-sized batch; the
+    # interpreter (about 1 ms per Triton program) keeps to the tiny model and two batches.
+    "cuda": dict(batches=(1, 16, 256, 4096), duration_s=10.0, model_size="base",
+                 dtype="bfloat16", warmup_s=2.0, idle_s=5.0, cooldown_s=3.0),
+    "interpreter": dict(batches=(1, 64), duration_s=2.0, model_size="tiny",
+                        dtype="float32", warmup_s=0.2, idle_s=1.0, cooldown_s=0.2),
+}
+INTERPRETER_SIZES = ("tiny", "small")
+
+
+@dataclass(frozen=True)
+class Plan:
+    batches: tuple[int, ...]
+    duration_s: float
+    model_size: str
+    impls: tuple[str, ...]
+    modes: tuple[str, ...]
+    dtype: str
+    warmup_s: float
+    idle_s: float
+    cooldown_s: float
+    interval_ms: float
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
+              duration_s: float | None = None, model_size: str | None = None,
+              impls: Sequence[str] = IMPLS, modes: Sequence[str] = MODES,
+              dtype: str | None = None, warmup_s: float | None = None,
+              idle_s: float | None = None, cooldown_s: float | None = None,
+              interval_ms: float = 1e3 * counters_mod.DEFAULT_INTERVAL_S,
+              seed: int = 0) -> tuple[Plan, list[str]]:
+    """Validate the options (UsageError naming the valid choices) and fill the backend's
+    defaults. Returns the plan and warnings (a duration lengthened to the minimum)."""
+    d = DEFAULTS["cuda" if backend_name == "cuda" else "interpreter"]
+    warnings: list[str] = []
+    batches = tuple(dict.fromkeys(batches)) if batches else d["batches"]
+    bad = [b for b in batches if not isinstance(b, int) or isinstance(b, bool) or b <= 0]
+    if bad:
+        raise UsageError(f"batch sizes must be positive integers (tokens per step); got "
+                         f"{', '.join(map(str, bad))}")
+    duration_s = d["duration_s"] if duration_s is None else float(duration_s)
+    if not duration_s > 0:
+        raise UsageError(f"--duration must be positive, got {duration_s} s (minimum "
+                         f"{MIN_PHASE_S} s per phase)")
+    if duration_s < MIN_PHASE_S:
+        warnings.append(f"a {duration_s} s phase is too short for the energy counter (it "
+                        f"moves every {counters_mod.NVML_ENERGY_UPDATE_S * 1e3:.0f} ms); "
+                        f"lengthened to the minimum of {MIN_PHASE_S} s")
+        duration_s = MIN_PHASE_S
+    model_size = model_size or d["model_size"]
+    if model_size not in SIZES:
+        raise UsageError(f"unknown model size {model_size!r}; valid sizes: {', '.join(SIZES)}")
+    if backend_name != "cuda" and model_size not in INTERPRETER_SIZES:
+        raise UsageError(f"model size {model_size!r} needs a GPU; under the interpreter use "
+                         f"one of: {', '.join(INTERPRETER_SIZES)}")
+    impls = tuple(dict.fromkeys(impls)) or IMPLS
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        raise UsageError(f"unknown impl {', '.join(map(repr, unknown))}; valid impls: "
+                         f"{', '.join(IMPLS)}")
+    modes = tuple(dict.fromkeys(modes)) or MODES
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise UsageError(f"unknown mode {', '.join(map(repr, unknown))}; valid modes: "
+                         f"{', '.join(MODES)}")
+    dtype = dtype or d["dtype"]
+    if dtype not in DTYPES:
+        raise UsageError(f"unsupported dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    if backend_name != "cuda" and dtype == "bfloat16":
+        raise UsageError("bfloat16 is wrong under the Triton interpreter (its bf16 dot returns "
+                         "garbage); use float32 or float16, or run on a GPU")
+    timing = {}
+    for name, value in (("warmup", warmup_s), ("idle", idle_s), ("cooldown", cooldown_s)):
+        value = d[f"{name}_s"] if value is None else float(value)
+        if value < 0:
+            raise UsageError(f"--{name} must be >= 0 seconds, got {value}")
+        timing[name] = value
+    if 0 < timing["idle"] < MIN_PHASE_S:
+        warnings.append(f"an idle baseline of {timing['idle']} s is too short for the energy "
+                        f"counter; lengthened to {MIN_PHASE_S} s")
+        timing["idle"] = MIN_PHASE_S
+    if not interval_ms > 0:
+        raise UsageError(f"--interval-ms must be positive, got {interval_ms}")
+    plan = Plan(batches=batches, duration_s=duration_s, model_size=model_size, impls=impls,
+                modes=modes, dtype=dtype, warmup_s=timing["warmup"], idle_s=timing["idle"],
+                cooldown_s=timing["cooldown"], interval_ms=float(interval_ms), seed=seed)
+    return plan, warnings

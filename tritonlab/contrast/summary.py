@@ -1,0 +1,61 @@
+"""The terminal summary of a contrast (what ``tritonlab contrast`` prints)."""
+
+from __future__ import annotations
+
+from tritonlab.output import fmt_num, table
+
+
+def summary_text(doc: dict) -> str:
+    """The terminal summary: one table row per phase, the kernel comparison, the verdict."""
+    gpu = doc["counters"] == "nvml"
+    flop_scale, flop_head = (1.0, "TFLOP/s") if doc["backend"] == "cuda" else (1e3, "GFLOP/s")
+    if gpu:
+        extra = [("W avg", "avg_power_w"), ("W p95", "p95_power_w"),
+                 ("% limit", "power_share_pct"), ("SM MHz", "sm_clock_mhz"),
+                 ("SM %", "gpm_sm_util_pct"), ("tensor %", "gpm_tensor_util_pct"),
+                 ("DRAM %", "gpm_dram_bw_util_pct"), ("util %", "gpu_util_pct"),
+                 ("peak MiB", "peak_mem_mib"), ("dT C", "temp_rise_c"),
+                 ("thr %", "throttled_pct")]
+    else:
+        extra = [("CPU %", "proc_cpu_pct"), ("sys %", "sys_cpu_pct"),
+                 ("MHz", "cpu_freq_mhz"), ("W avg", "avg_power_w"),
+                 ("peak RSS MiB", "peak_mem_mib")]
+    headers = ["phase", "steps", "samples/s", "p50 ms", "p99 ms", flop_head, "J/sample",
+               *(h for h, _ in extra)]
+    rows = []
+    for r in doc["phases"]:
+        if r.get("error"):
+            rows.append([r["name"], "failed: " + r["error"]])
+            continue
+        tflops = r.get("tflops")
+        rows.append([r["name"], r.get("steps"), fmt_num(r.get("throughput_samples_s")),
+                     fmt_num(r.get("latency_p50_ms")), fmt_num(r.get("latency_p99_ms")),
+                     fmt_num(None if tflops is None else tflops * flop_scale),
+                     fmt_num(r.get("energy_per_sample_j")),
+                     *(fmt_num(r.get(k)) for _, k in extra)])
+    out = [f"backend: {doc['backend_label']}; counters: {doc['verdict']['label']}",
+           f"model {doc['model']['size']} (dim {doc['model']['dim']}, hidden "
+           f"{doc['model']['hidden']}), {doc['model']['dtype']}; "
+           f"{doc['plan']['duration_s']:g} s per phase",
+           table(rows, headers)]
+    comp = doc["impl_comparison"]
+    if comp:
+        out.append("")
+        out.append(table([[c["mode"], c["batch"], f"{c['impl']} / {c['baseline']}",
+                           fmt_num(c["throughput_ratio"]), fmt_num(c["latency_p50_ratio"]),
+                           fmt_num(c["energy_per_sample_ratio"])] for c in comp],
+                         ["mode", "batch", "impl", "throughput x", "p50 latency x",
+                          "energy/sample x"]))
+    v = doc["verdict"]
+    out.append("")
+    out.append(f"verdict: {v['harder'] or 'none'}"
+               + (f" (decided by {v['decided_by']})" if v["decided_by"] else ""))
+    out += [f"  - {line}" for line in v["explanation"]]
+    o = doc["sampler"]["overhead"]
+    out.append(f"sampler: {o['n_samples']} samples every {o['interval_ms']:g} ms "
+               f"(achieved median {fmt_num((o['achieved_interval_ms'] or {}).get('median'))} "
+               f"ms), {fmt_num(o['sample_cost_us']['mean'])} us per sample, thread CPU "
+               f"{fmt_num(o['thread_cpu_pct'])}% of a core")
+    for w in doc["warnings"]:
+        out.append(w if w.startswith("warning") else f"warning: {w}")
+    return "\n".join(out)

@@ -1,0 +1,9 @@
+"""Shape helpers shared by the ops' presets, and the real model sizes they are drawn from."""
+
+# Llama-3-8B's model and MLP hidden sizes, the real shapes of the presets.
+LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
+
+
+def mnk(m: int, n: int, k: int) -> dict[str, int]:
+    """A GEMM-family shape in the ops' (M, N, K) dimension order, for presets."""
+    return {"M": m, "N": n, "K": k}
