@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli
-from helpers import assert_close_to_reference, aten_traffic
+from helpers import DEVICE, assert_close_to_reference, aten_traffic
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tritonlab.kernels import Linear, linear
@@ -79,7 +79,7 @@ def check_all(x, w, b, act, dtype, needs=(True, True, True), seed=0):
     return y, ()
 
 
-def rand(*shape, dtype=torch.float32, seed=0, scale=1.0, device="cpu"):
+def rand(*shape, dtype=torch.float32, seed=0, scale=1.0, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
 
@@ -309,8 +309,11 @@ def test_backward_is_two_kernels_and_no_torch_math(act, launches, monkeypatch):
 
 
 @pytest.mark.parametrize("act", ACTS, ids=str)
-def test_gradcheck_float64(act):
+def test_gradcheck_float64(act, be):
     """The interpreter computes float64 dots exactly, so float64 gradcheck runs here."""
+    if be.is_gpu:
+        pytest.skip("float64 linear runs on the interpreter only (its CUDA tiles are sized for "
+                    "2- and 4-byte elements)")
     x, w, b = make_problem((3,), 2, 4, torch.float64, seed=ACTS.index(act))
     if act == "relu":  # keep pre-activations away from the kink, where finite differences lie
         b = b + torch.sign(b) * 0.5
@@ -378,10 +381,10 @@ def test_inference_runs_one_kernel_and_saves_nothing(context, launches):
 
 # ---------------------------------------------------------------------------- nn.Module
 
-def test_module_matches_torch_linear():
+def test_module_matches_torch_linear(device):
     torch.manual_seed(0)
-    ref = torch.nn.Linear(45, 37)
-    mine = Linear(45, 37)
+    ref = torch.nn.Linear(45, 37, device=device)
+    mine = Linear(45, 37, device=device)
     assert isinstance(mine, torch.nn.Linear)
     assert mine.state_dict().keys() == ref.state_dict().keys()
     assert {k: v.shape for k, v in mine.named_parameters()} == \
@@ -402,10 +405,10 @@ def test_module_matches_torch_linear():
     assert "activation=None" in repr(nobias)
 
 
-def test_module_with_activation_matches_sequential():
+def test_module_with_activation_matches_sequential(device):
     torch.manual_seed(1)
-    seq = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.SiLU())
-    mine = Linear(30, 20, activation="silu")
+    seq = torch.nn.Sequential(torch.nn.Linear(30, 20, device=device), torch.nn.SiLU())
+    mine = Linear(30, 20, device=device, activation="silu")
     mine.load_state_dict(seq[0].state_dict())
     x = rand(16, 30, seed=2)
     torch.testing.assert_close(mine(x), seq(x), rtol=1e-5, atol=1e-5)
@@ -530,7 +533,7 @@ def test_unfused_bytes_match_eager_chain(name, mode, device):
     assert op.unfused_bytes(shape, torch.float32, mode) == total, ops
 
 
-def test_spec_config_reports_the_kernels_of_the_mode(device):
+def test_spec_config_reports_the_kernels_of_the_mode(device, be):
     op = registry.discover()["linear"]
     shape = {"M": 70, "N": 20, "K": 9}
     impl = op.impl("triton")
@@ -538,7 +541,9 @@ def test_spec_config_reports_the_kernels_of_the_mode(device):
     assert set(impl.config("fwd_bwd")) == {"fwd", "bwd_dx", "bwd_dw"}
     impl.build(op.make_inputs(shape, torch.float32, device, 0), "infer")()
     config = impl.config("infer")
-    assert set(config) == {"infer"} and config["infer"]["BLOCK_M"] == 64
+    assert set(config) == {"infer"}
+    if not be.is_gpu:  # the interpreter's fixed config; on CUDA the autotuner chooses
+        assert config["infer"]["BLOCK_M"] == 64
     # Every key names a compile target, with a config of that target's kernel.
     targets = {t.name: t for t in op.compile_targets(torch.float16)}
     assert {"fwd", "infer", "bwd_dx", "bwd_dw", "decode"} <= set(targets)

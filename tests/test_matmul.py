@@ -115,14 +115,14 @@ def test_needs_int64_threshold():
 def test_matmul_k_zero_and_empty(device):
     a = torch.empty(5, 0, dtype=torch.float16, device=device)
     b = torch.empty(0, 7, dtype=torch.float16, device=device)
-    assert torch.equal(matmul(a, b), torch.zeros(5, 7, dtype=torch.float16))
+    assert torch.equal(matmul(a, b), torch.zeros(5, 7, dtype=torch.float16, device=device))
     assert matmul(torch.empty(0, 3, device=device), torch.empty(3, 4, device=device)).shape == (0, 4)
 
 
 def test_fp32_ieee_vs_tf32_selection(device):
     g = torch.Generator().manual_seed(5)
-    a = torch.randn(40, 50, generator=g)
-    b = torch.randn(50, 30, generator=g)
+    a = torch.randn(40, 50, generator=g).to(device)
+    b = torch.randn(50, 30, generator=g).to(device)
     exact = matmul(a, b, input_precision="ieee")
     assert_close_to_f64(exact, a, b)
     # The interpreter computes TF32 dots exactly, so only the argument's validation shows here.

@@ -21,6 +21,9 @@ The same kernel serves three ops through constexpr switches: plain matmul (``mat
 ``linear``), the gated MLP (``GATED``: a second weight and accumulator) and RMSNorm folded into
 the matmul (``RMS``: per-row sum of squares over the program's K slice, summed across slices
 in the reduction). The operand checks the fused inference launchers share live here too.
+
+(Over 500 lines on purpose: the partial kernel, the reduction kernel, the split choice and
+the workspace size are one mechanism, and a change to one needs the others in view.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """linear: y = act(x W^T + b), a trainable layer whose forward and backward are Triton kernels.
 
+(Over 500 lines on purpose: the forward kernel, the two backward kernels and the
+autograd.Function that chooses between them share their saved-tensor contract, and read best
+side by side.)
+
 Forward (``_linear_fwd_kernel``): one GEMM with the bias add and the activation in the
 epilogue. What it saves for backward, and why:
 

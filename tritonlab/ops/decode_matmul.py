@@ -17,13 +17,9 @@ from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import LAST, splitk_matmul, splitk_targets
 from tritonlab.kernels.matmul import MATMUL_KERNEL, matmul
 from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
-from tritonlab.ops.shapes import mnk
+from tritonlab.ops.shapes import LLAMA3_8B_PROJECTIONS, mnk
 
 __all__ = ["DecodeMatmulOp", "SPEC"]
-
-# Llama-3-8B projections (K -> N): MLP up/gate, MLP down, attention q/o, attention k/v.
-_LLAMA3_8B_KN = [(4096, 14336), (14336, 4096), (4096, 4096), (4096, 1024)]
-
 
 class DecodeMatmulOp(OpSpec):
     name = "decode_matmul"
@@ -35,7 +31,7 @@ class DecodeMatmulOp(OpSpec):
         "tiny": [mnk(1, 130, 75), mnk(4, 96, 257), mnk(7, 64, 64), mnk(16, 200, 128)],
         "quick": [mnk(1, 4096, 4096), mnk(16, 4096, 4096), mnk(1, 14336, 4096),
                   mnk(1, 1024, 4096)],
-        "llm": [mnk(m, n, k) for (k, n) in _LLAMA3_8B_KN for m in (1, 2, 4, 8, 16)],
+        "llm": [mnk(m, n, k) for (k, n) in LLAMA3_8B_PROJECTIONS for m in (1, 2, 4, 8, 16)],
     }
 
     def implementations(self):

@@ -11,13 +11,9 @@ from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import DECODE_MAX_M, splitk_targets
 from tritonlab.kernels.matmul import MATMUL_KERNEL, MATMUL_LAST, matmul
 from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
-from tritonlab.ops.shapes import mnk
+from tritonlab.ops.shapes import LLAMA3_8B_PROJECTIONS, mnk
 
 __all__ = ["MatmulOp", "SPEC"]
-
-# Llama-3-8B projections (K -> N): attention q/o, MLP up/gate, MLP down, attention k/v.
-_LLAMA3_8B_KN = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]
-
 
 class MatmulOp(OpSpec):
     name = "matmul"
@@ -31,7 +27,7 @@ class MatmulOp(OpSpec):
                   mnk(16, 4096, 4096), mnk(4096, 14336, 4096)],
         "square": [mnk(s, s, s) for s in (256, 512, 1024, 2048, 3072, 4096, 6144, 8192)],
         # llm: Llama-3-8B projections (K -> N) at decode (M = 1..16) and prefill (2048..16384).
-        "llm": [mnk(m, n, k) for m in (1, 16, 2048, 8192, 16384) for (k, n) in _LLAMA3_8B_KN],
+        "llm": [mnk(m, n, k) for m in (1, 16, 2048, 8192, 16384) for (k, n) in LLAMA3_8B_PROJECTIONS],
     }
 
     def implementations(self):

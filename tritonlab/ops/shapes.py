@@ -2,6 +2,8 @@
 
 # Llama-3-8B's model and MLP hidden sizes, the real shapes of the presets.
 LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN = 4096, 14336
+# Its projections as (K, N): attention q/o, MLP up/gate, MLP down, attention k/v.
+LLAMA3_8B_PROJECTIONS = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]
 
 
 def mnk(m: int, n: int, k: int) -> dict[str, int]:

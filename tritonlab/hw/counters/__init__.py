@@ -10,14 +10,8 @@
   utilisation, CPU frequency, RSS, package power and energy from RAPL where it is readable,
   and the CPU temperature where psutil sees a sensor.
 
-A background thread samples the backend every ``interval_s`` (20 ms by default: the driver
-refreshes most values no faster; docs/reference.md, "NVML and GPM").
-``with sampler.phase("train"): ...`` marks a named window; :meth:`Sampler.summarize` turns a
-window into statistics. Energy per window is measured twice: by differencing the energy
-counter (read synchronously at the window's edges) and by integrating the power samples; the
-disagreement is reported, never hidden. A metric the device lacks is ``None`` with the reason
-in ``unavailable``, never 0. The sampler times itself: :meth:`Sampler.overhead` reports the
-cost of each sample, the thread's CPU time and the interval actually achieved.
+A background thread samples the backend and marks named windows (phases); see
+:mod:`~tritonlab.hw.counters.sampler` for the sampling rules and how energy is measured.
 
 For the sweep, :func:`point_window` / :func:`point_summary` give a counter summary of one
 timed point (average power, energy per call, SM clock ...), with nulls and reasons when no
