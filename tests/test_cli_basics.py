@@ -61,9 +61,11 @@ def test_check_bfloat16_on_interpreter_is_skipped_with_reason(be):
     if be.is_gpu:
         pytest.skip("on a GPU bf16 is checked for real")
     r = run_cli("check", "matmul", "--dtype", "bfloat16", "--impl", "triton", "--json")
-    assert r.returncode == 0, r.stderr
-    cases = json.loads(r.stdout)["cases"]
+    assert r.returncode == 2, r.stderr  # every case skipped: nothing was checked
+    doc = json.loads(r.stdout)
+    cases = doc["cases"]
     assert cases and all(c["correct"] is None and "interpreter" in c["error"] for c in cases)
+    assert doc["passed"] is False and "every case was skipped" in doc["error"]
 
 
 @pytest.mark.parametrize("args, needle", [

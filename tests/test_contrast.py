@@ -42,6 +42,8 @@ def test_plan_fills_backend_defaults():
     (dict(impls=("cutlass",)), "valid impls: triton, torch"),
     (dict(modes=("serve",)), "valid modes: train, infer"),
     (dict(cooldown_s=-1), "--cooldown must be >= 0"),
+    (dict(warmup_s=float("nan")), "--warmup must be >= 0 seconds and finite"),
+    (dict(duration_s=float("inf")), "--duration must be positive"),
     (dict(interval_ms=0), "--interval-ms must be positive"),
 ])
 def test_plan_refuses_bad_options(kwargs, message):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from tritonlab.cli import cli
 from tritonlab.errors import UsageError
 from tritonlab.jobs import demo
+from tritonlab.runs import store
 
 # The contrast runs the training and inference workloads of tritonlab.workloads.
 HAVE_WORKLOADS = all(importlib.util.find_spec(f"tritonlab.workloads.{m}") is not None
@@ -49,23 +50,33 @@ def test_demo_end_to_end(tmp_path, be, monkeypatch):
 
 
 def test_a_second_demo_replaces_only_what_the_first_wrote(tmp_path):
+    previous = store.writer_mark("demo")
     for run in ("sweep", "contrast"):
         (tmp_path / run).mkdir()
-        (tmp_path / run / "manifest.json").write_text("{}")
+        (tmp_path / run / "manifest.json").write_text(json.dumps(store.writer_mark(run,
+                                                                                   previous)))
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "roofline-x.png").write_bytes(b"png")
     for name in ("index.html", "report.md", "check.json", "notes.md"):
         (tmp_path / name).write_text("old")
-    demo._clear(tmp_path)
+    demo._clear(tmp_path, previous)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
 
 
 def test_demo_refuses_to_overwrite_what_it_did_not_write(tmp_path):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="not a run directory"):
+    with pytest.raises(UsageError, match="holds files tritonlab did not write"):
         demo.run_demo(tmp_path, ops=["matmul"])
     assert (tmp_path / "sweep" / "notes.txt").read_text() == "mine"
+    # A run another demo did not write, in a demo's own directory, stays too.
+    previous = store.writer_mark("demo")
+    (tmp_path / "contrast").mkdir()
+    (tmp_path / "contrast" / "manifest.json").write_text(json.dumps(store.writer_mark(
+        "contrast", store.writer_mark("demo"))))
+    with pytest.raises(UsageError, match="not written by the previous tritonlab demo"):
+        demo._clear(tmp_path, previous)
+    assert (tmp_path / "contrast" / "manifest.json").is_file()
 
 
 def test_demo_unknown_op():

@@ -7,7 +7,7 @@ import sys
 import click
 
 from tritonlab import backend
-from tritonlab.commands import DTYPE_CHOICES, json_option
+from tritonlab.commands import DTYPE_CHOICES, BoundedInt, json_option
 from tritonlab.measure import check
 from tritonlab.ops import registry
 from tritonlab.output import emit_json, fmt_num, info, table
@@ -27,7 +27,7 @@ def _status(correct: bool | None) -> str:
                    "preset on the interpreter, quick on a GPU).")
 @click.option("--impl", "impls", multiple=True, help="Only these implementations.")
 @click.option("--mode", "modes", multiple=True, help="Only these modes.")
-@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--seeds", default=1, show_default=True, type=BoundedInt(1, 1000),
               help="Random seeds (fresh inputs) per case.")
 @json_option
 def check_cmd(ops, dtypes, shapes, impls, modes, seeds, as_json):
@@ -52,8 +52,12 @@ def check_cmd(ops, dtypes, shapes, impls, modes, seeds, as_json):
             info(f"  {_status(r.correct):4s} {r.op} {r.impl} {r.mode} {r.dtype} "
                  f"{'x'.join(map(str, r.shape.values()))} seed={r.seed}")
     failed = [r for r in results if r.correct is False]
+    checked = sum(r.correct is not None for r in results)
+    nothing = None if checked else _nothing_checked(specs, modes, results)
     if as_json:
-        emit_json({"backend": be.name, "passed": not failed,
+        emit_json({"backend": be.name, "passed": not failed and checked > 0,
+                   "checked": checked, "error": nothing,
+                   **({"exit_code": 2} if nothing else {}),
                    "cases": [r.to_dict() for r in results]})
     else:
         rows = [[r.op, r.impl, r.mode, r.dtype, "x".join(map(str, r.shape.values())), r.seed,
@@ -66,5 +70,18 @@ def check_cmd(ops, dtypes, shapes, impls, modes, seeds, as_json):
         n_skip = sum(r.correct is None for r in results)
         click.echo(f"{len(results) - len(failed) - n_skip} passed, {len(failed)} failed, "
                    f"{n_skip} skipped")
+    if nothing:
+        info(f"error: {nothing}")
+        sys.exit(2)
     if failed:
         sys.exit(1)
+
+
+def _nothing_checked(specs, modes, results) -> str:
+    """Why a selection checked no case: no op has a selected mode, or every case of it was
+    skipped (the distinct reasons)."""
+    if not results:
+        have = "; ".join(f"{op.name}: {', '.join(op.modes)}" for op in specs)
+        return f"nothing checked: no selected op has mode {', '.join(modes)} ({have})"
+    reasons = dict.fromkeys((r.error or "").removeprefix("skipped: ") for r in results)
+    return "nothing checked: every case was skipped: " + "; ".join(reasons)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from pathlib import Path
 
 import click
 import torch
 
-from tritonlab.commands import DTYPE_CHOICES, json_option
+from tritonlab.commands import DTYPE_CHOICES, BoundedInt, interruptible, json_option
 from tritonlab.errors import UsageError
 from tritonlab.ops import registry
-from tritonlab.output import emit_json, info, table
+from tritonlab.output import emit_json, info, output_dir, table
+from tritonlab.runs.store import claim_dir
 from tritonlab.static import api as insp
 
 
@@ -25,12 +26,13 @@ from tritonlab.static import api as insp
               help="Compile this config instead of the autotune list, e.g. BLOCK_M=128,"
                    "BLOCK_N=128,BLOCK_K=64,num_warps=8,num_stages=3 (repeatable; keys left out "
                    "come from the first config of the list).")
-@click.option("--first", type=click.IntRange(min=1), default=None,
+@click.option("--first", type=BoundedInt(1, 10**6), default=None,
               help="Only the first N configs of each autotune list.")
-@click.option("--dump", type=click.Path(file_okay=False), default=None,
+@click.option("--dump", type=click.Path(), default=None,
               help="Write each kernel's TTIR, TTGIR, LLIR, PTX, SASS and cubin under DIR.")
 @click.option("--rebuild", is_flag=True, help="Compile again instead of using the cache.")
 @json_option
+@interruptible
 def inspect_cmd(ops, archs, dtypes, configs, first, dump, rebuild, as_json):
     """Compile each op's kernels for a GPU architecture (no GPU needed) and report registers,
     spills, shared memory, occupancy and the SASS instruction mix. Exit 1 if a config does
@@ -49,10 +51,14 @@ def inspect_cmd(ops, archs, dtypes, configs, first, dump, rebuild, as_json):
                for t in insp.op_targets(op, d)]
     for c in config_list:
         insp.check_config_keys(c, targets)
-    report = insp.run(specs, arch_list, dtype_list, config_list or None, first=first,
-                      dump=Path(dump) if dump else None, rebuild=rebuild,
-                      progress=lambda done, total, label: info(f"compiled {done}/{total} "
-                                                               f"{label}"))
+    dump_dir = output_dir(dump, "--dump", "the dump directory") if dump else None
+    # The dump directory is claimed before anything compiles: it must be new, empty or a
+    # previous dump, which is overwritten.
+    with claim_dir(dump_dir, "inspect") if dump_dir else contextlib.nullcontext():
+        report = insp.run(specs, arch_list, dtype_list, config_list or None, first=first,
+                          dump=dump_dir, rebuild=rebuild,
+                          progress=lambda done, total, label: info(f"compiled {done}/{total} "
+                                                                   f"{label}"))
     for s in report.skipped:
         info(f"skipped: {s['reason']}")
     for r in report.failed:

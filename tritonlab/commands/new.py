@@ -6,6 +6,7 @@ import click
 
 from tritonlab.jobs import scaffold
 from tritonlab.ops import registry
+from tritonlab.output import output_dir
 
 
 @click.command("new")
@@ -25,6 +26,10 @@ def new_cmd(opname, family, package_dir, tests_dir):
     other edit. Never overwrites a file; exit 2 for a name that is taken or not a lowercase
     identifier. Walkthrough: docs/adding-an-op.md."""
     layout = scaffold.default_layout(package_dir, tests_dir)
+    for folder, option in ((layout.package_dir / "kernels", "--package-dir"),
+                           (layout.package_dir / "ops", "--package-dir"),
+                           (layout.tests_dir, "--tests-dir")):
+        output_dir(folder, option, "the folder of the new files")
     written = scaffold.new_op(opname, family, layout, existing_ops=registry.discover())
     for path in written:
         click.echo(f"wrote {path}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from tritonlab import backend
-from tritonlab.commands import DTYPE_CHOICES, json_option
+from tritonlab.commands import DTYPE_CHOICES, SEED, FiniteFloat, interruptible, json_option
 from tritonlab.errors import UsageError
-from tritonlab.output import emit_json, info
+from tritonlab.output import emit_json, info, output_dir
 from tritonlab.runs import sweep as sweep_mod
 from tritonlab.runs.store import command_argv, new_run_dir
 
@@ -37,7 +36,7 @@ def _bar_progress(bar):
 @click.option("--mode", "modes", multiple=True, help="Only these modes (repeatable).")
 @click.option("--impl", "impls", multiple=True, help="Only these implementations (repeatable; "
               "speedups need a baseline among them).")
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", type=click.Path(),
               help="Run directory to write (default: a new runs/<date-time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out; points already "
               "there are skipped.")
@@ -46,11 +45,12 @@ def _bar_progress(bar):
                    "warm: do not (default on the interpreter).")
 @click.option("--graph", is_flag=True, help="Time CUDA-graph replays (launch-bound kernels; "
               "cuda backend only).")
-@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--budget", type=FiniteFloat(0, 3600, min_open=True, unit="s"), default=None,
               help="Seconds per implementation and point before repetitions stop short of a "
                    "1% CI (default: 1 on CUDA, 0.2 on the interpreter).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the inputs.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the inputs.")
 @json_option
+@interruptible
 def sweep_cmd(ops, preset, shapes, dtypes, modes, impls, out, resume, cache, graph, budget,
               seed, as_json):
     """Check, then time, every point (op, impl, mode, dtype, shape) into a run directory.
@@ -65,7 +65,7 @@ def sweep_cmd(ops, preset, shapes, dtypes, modes, impls, out, resume, cache, gra
     be = backend.current()
     for note in notes:
         info(f"note: {note}")
-    out_dir = Path(out) if out else new_run_dir("runs")
+    out_dir = output_dir(out or new_run_dir("runs"), "--out", "the run directory")
     info(f"backend: {be.label}; {len(points)} points -> {out_dir}")
     options = sweep_mod.SweepOptions(cache=cache, graph=graph, budget_s=budget, seed=seed)
     with click.progressbar(length=len(points), label="sweep", file=sys.stderr, hidden=as_json,

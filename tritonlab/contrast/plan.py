@@ -3,6 +3,7 @@ the backend's defaults, and the checks that name the valid choices."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -66,7 +67,7 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
         raise UsageError(f"batch sizes must be positive integers (tokens per step); got "
                          f"{', '.join(map(str, bad))}")
     duration_s = d["duration_s"] if duration_s is None else float(duration_s)
-    if not duration_s > 0:
+    if not (math.isfinite(duration_s) and duration_s > 0):
         raise UsageError(f"--duration must be positive, got {duration_s} s (minimum "
                          f"{MIN_PHASE_S} s per phase)")
     if duration_s < MIN_PHASE_S:
@@ -99,8 +100,8 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
     timing = {}
     for name, value in (("warmup", warmup_s), ("idle", idle_s), ("cooldown", cooldown_s)):
         value = d[f"{name}_s"] if value is None else float(value)
-        if value < 0:
-            raise UsageError(f"--{name} must be >= 0 seconds, got {value}")
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{name} must be >= 0 seconds and finite, got {value}")
         timing[name] = value
     if 0 < timing["idle"] < MIN_PHASE_S:
         warnings.append(f"an idle baseline of {timing['idle']} s is too short for the energy "

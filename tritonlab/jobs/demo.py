@@ -37,7 +37,7 @@ from tritonlab.ops import registry
 from tritonlab.ops.contract import dtype_name
 from tritonlab.output import dumps
 from tritonlab.report import render as report
-from tritonlab.runs import sweep
+from tritonlab.runs import store, sweep
 from tritonlab.runs.records import shape_str
 from tritonlab.runs.store import RunDir, command_argv
 
@@ -54,8 +54,10 @@ SETTINGS = {
                         contrast=dict(batches=(1, 64), duration_s=1.0, model_size="tiny",
                                       warmup_s=0.1, idle_s=1.0, cooldown_s=0.1)),
 }
-# The demo replaces these in OUT (and only these): what a previous demo wrote there.
-OWNED = ("sweep", "contrast", "figures", "index.html", "report.md", "check.json")
+# What a demo writes in OUT: two run directories and the report of both.
+RUNS = ("sweep", "contrast")
+FILES = ("index.html", "report.md", "check.json")
+FIGURES = "figures"
 
 
 @dataclass
@@ -75,25 +77,27 @@ class DemoResult:
         return not (self.check_failures or self.sweep_failures or self.contrast_failures)
 
 
-def _clear(out: Path) -> None:
-    """Remove what a previous demo wrote in ``out``; refuse anything else in its way (a
-    ``sweep`` folder that is not a run directory, say) rather than delete it."""
-    for name in OWNED:
+def _clear(out: Path, previous: dict | None) -> None:
+    """Remove what the previous demo in ``out`` wrote (``previous``: its marker, None when
+    ``out`` was new or empty), proving it first: a run directory goes only when its
+    manifest says it was written for that demo, the figures folder only when it holds
+    nothing but figures. Anything else in the way is refused (UsageError), and files the
+    demo does not write are left alone."""
+    for name in RUNS:
+        store.remove_previous(out / name, previous)
+    figures = out / FIGURES
+    if figures.exists():
+        if not figures.is_dir() or any(p.suffix != ".png" or not p.is_file()
+                                       for p in figures.iterdir()):
+            raise UsageError(f"{figures} holds files other than figures; choose another "
+                             f"--out or move it away")
+        shutil.rmtree(figures)
+    for name in FILES:
         path = out / name
-        if not path.exists():
-            continue
-        if name in ("sweep", "contrast"):
-            if not (path / "manifest.json").is_file():
-                raise UsageError(f"{path} exists and is not a run directory; choose another "
-                                 f"--out or move it away")
-            shutil.rmtree(path)
-        elif name == "figures":
-            if any(p.suffix != ".png" for p in path.iterdir()):
-                raise UsageError(f"{path} holds files other than figures; choose another "
-                                 f"--out or move it away")
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory the demo did not write; choose another "
+                             f"--out or move it away")
+        path.unlink(missing_ok=True)
 
 
 def spread(op, shapes: Sequence[dict], n: int | None) -> list[dict]:
@@ -149,7 +153,7 @@ def _check(ops, n_shapes: int | None, say) -> tuple[list[dict], list[str]]:
     return cases, failures
 
 
-def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str]:
+def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say, mark: dict) -> list[str]:
 
     be = backend_mod.current()
     preset = settings["sweep_preset"]
@@ -177,7 +181,9 @@ def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say) -> list[str
             say(f"  [{i}/{n}] {label}: {status}")
 
     result = sweep.sweep(points, out, resume=False, options=options, argv=argv,
-                         selection=selection, progress=progress, notes=notes)
+                         selection=selection, progress=progress, notes=notes, part_of=mark)
+    if result.interrupted:  # the sweep kept its points; the demo stops here
+        raise KeyboardInterrupt
     peaks = devices.current_peaks(be)
     if peaks is not None:  # the ceilings the rows were annotated with, for the report
         RunDir(out).update_manifest(peaks=peaks.to_dict())
@@ -191,15 +197,22 @@ def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
     """Run the demo into ``out_dir`` (see the module docstring) and return where its report
     is. ``ops`` limits it to some ops (default: all); ``settings`` overrides entries of
     :data:`SETTINGS` for the present backend (the tests shorten the contrast with it).
-    Raises UsageError for an unknown op or an ``out_dir`` holding other files in the way."""
+    Raises UsageError for an unknown op, and for an ``out_dir`` that is neither new, nor
+    empty, nor a previous demo's output (:func:`tritonlab.runs.store.claim_dir`: the demo
+    replaces only what it can prove it wrote), or that another process is writing."""
 
     say = progress or (lambda _msg: None)
     be = backend_mod.current()
     conf = {**SETTINGS["cuda" if be.is_gpu else "interpreter"], **(settings or {})}
     specs = registry.resolve_ops(ops)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _clear(out)
+    with store.claim_dir(out, "demo", clear=lambda previous: _clear(out, previous)) as claim:
+        return _run(out, claim.mark, specs, conf, argv, say)
+
+
+def _run(out: Path, mark: dict, specs, conf: dict, argv: Sequence[str] | None,
+         say: Callable[[str], None]) -> DemoResult:
+    be = backend_mod.current()
     argv = list(argv) if argv is not None else command_argv()
     result = DemoResult(out_dir=out, html=out / "index.html", markdown=out / "report.md",
                         sweep_dir=out / "sweep", contrast_dir=out / "contrast")
@@ -225,20 +238,22 @@ def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
 
     start = time.perf_counter()
     say(f"2/4 {conf['sweep_preset']} sweep into {result.sweep_dir}")
-    result.sweep_failures = _sweep(specs, result.sweep_dir, conf, argv, say)
+    result.sweep_failures = _sweep(specs, result.sweep_dir, conf, argv, say, mark)
     result.seconds["sweep"] = time.perf_counter() - start
 
     start = time.perf_counter()
     say(f"3/4 training-vs-inference contrast into {result.contrast_dir}")
     doc = contrast_mod.run_contrast(result.contrast_dir, **conf["contrast"], argv=argv,
-                                    progress=lambda m: say(f"  {m}"))
+                                    progress=lambda m: say(f"  {m}"), part_of=mark)
+    if doc["status"] == "interrupted":
+        raise KeyboardInterrupt
     result.contrast_failures = [f"contrast {p.get('name')}: {p['error']}"
                                 for p in doc.get("phases", []) if p.get("error")]
     result.seconds["contrast"] = time.perf_counter() - start
 
     start = time.perf_counter()
     say("4/4 report")
-    paths = report.write_report([result.sweep_dir, result.contrast_dir], out)
+    paths = report.write_report([result.sweep_dir, result.contrast_dir], out, claim=False)
     for w in paths.warnings:
         say(f"  warning: {w}")
     result.seconds["report"] = time.perf_counter() - start

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tritonlab.errors import UsageError
+from tritonlab.runs import store
 
 # Eight minutes, less a margin for starting Python and writing the summary.
 TOTAL_BUDGET_S = 460.0
@@ -102,6 +103,11 @@ def run_step(step: Step, out: Path, budget_s: float, env: dict | None = None,
                 result.rc = proc.returncode
                 result.status = "timeout"
                 result.note = f"ran past its {budget_s:.0f} s budget; stopped"
+            except KeyboardInterrupt:
+                # The step runs in its own session, out of reach of the terminal's Ctrl-C:
+                # pass the interruption on, so it saves its work, before stopping.
+                _stop(proc)
+                raise
     except Exception as exc:  # the command could not start (missing program, bad argv)
         result.note = f"{type(exc).__name__}: {exc}"
         result.seconds = time.monotonic() - start
@@ -161,27 +167,40 @@ def run_steps(steps: Sequence[Step], out: str | Path, *, total_budget_s: float =
     each gets its budget or what is left; a step that would get less than its budget and
     under :data:`MIN_STEP_S` is skipped. Returns the summary."""
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    env = step_env(repo) if env is None else env
-    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    deadline = time.monotonic() + total_budget_s
-    results: list[StepResult] = []
-    for step in steps:
-        left = deadline - time.monotonic()
-        budget = min(step.budget_s, left)
-        if left < min(step.budget_s, MIN_STEP_S):
-            results.append(StepResult(step.name, "skipped", step.budget_s,
-                                      note=f"only {max(left, 0):.0f} s of the check's "
-                                           f"{total_budget_s:.0f} s left"))
-        else:
+
+    def clear(previous: dict | None) -> None:
+        for name in RUN_DIRS:
+            store.remove_previous(out / name, previous)
+
+    # OUT must be new, empty or a previous gpu-check's; the runs that check's steps wrote
+    # are replaced once proven theirs (their manifests name it as part_of).
+    with store.claim_dir(out, "gpu-check", clear=clear) as claim:
+        env = {**(step_env(repo) if env is None else env), **store.part_of_env(claim.mark)}
+        started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        deadline = time.monotonic() + total_budget_s
+        results: list[StepResult] = []
+        for step in steps:
+            left = deadline - time.monotonic()
+            budget = min(step.budget_s, left)
+            if left < min(step.budget_s, MIN_STEP_S):
+                results.append(StepResult(step.name, "skipped", step.budget_s,
+                                          note=f"only {max(left, 0):.0f} s of the check's "
+                                               f"{total_budget_s:.0f} s left"))
+            else:
+                if echo:
+                    echo(f"[gpu-check] {step.name} (budget {budget:.0f} s): "
+                         f"{step.description}")
+                try:
+                    results.append(run_step(step, out, budget, env, cwd=repo))
+                except KeyboardInterrupt:  # the summary keeps the steps that finished
+                    write_summary(out, results, started, finished=False)
+                    raise
             if echo:
-                echo(f"[gpu-check] {step.name} (budget {budget:.0f} s): {step.description}")
-            results.append(run_step(step, out, budget, env, cwd=repo))
-        if echo:
-            r = results[-1]
-            echo(f"[gpu-check] {step.name}: {r.status} in {r.seconds:.0f} s {r.note}".rstrip())
-        write_summary(out, results, started, finished=False)
-    return write_summary(out, results, started, finished=True)
+                r = results[-1]
+                echo(f"[gpu-check] {step.name}: {r.status} in {r.seconds:.0f} s "
+                     f"{r.note}".rstrip())
+            write_summary(out, results, started, finished=False)
+        return write_summary(out, results, started, finished=True)
 
 
 # ------------------------------------------------------------------------- the steps
@@ -287,6 +306,9 @@ def _report_argv(out: Path) -> list[str]:
     return _cli("report", str(out / "sweep-quick"), str(out / "contrast"),
                 "-o", str(out / "report"))
 
+
+# The run directories the steps write (replaced by the next check into the same DIR).
+RUN_DIRS = ("sweep-quick", "contrast", "report")
 
 STEPS: list[Step] = [
     Step("nvidia-smi", 10, lambda out: ["nvidia-smi"], "the GPU, driver and clocks"),

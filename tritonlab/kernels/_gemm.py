@@ -145,6 +145,20 @@ def check_same(**tensors: torch.Tensor) -> None:
                          f"backend runs on {want}")
 
 
+def check_no_grad(op: str, **tensors: torch.Tensor | None) -> None:
+    """Refuse to run an inference-only kernel where autograd would record it: with grad mode
+    on and an input requiring grad, its output would have no grad_fn and a later backward
+    would silently treat it as a constant. Raises RuntimeError naming the op and the input."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad:
+            raise RuntimeError(
+                f"{op} is an inference kernel with no backward, but {name} requires grad "
+                f"with grad mode on, so its gradient would be silently missing; call {op} "
+                f"under torch.no_grad() or torch.inference_mode(), or pass {name}.detach()")
+
+
 def check_matmul_operands(a: object, b: object) -> tuple[int, int, int]:
     """Validate A (M, K) and B (K, N) of a matmul and return (M, N, K)."""
     check_operand("a", a, 2)

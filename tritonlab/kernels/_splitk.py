@@ -39,6 +39,7 @@ import triton.language as tl
 from tritonlab.kernels._activations import apply_activation, normalize_activation
 from tritonlab.kernels._gemm import (
     check_matmul_operands,
+    check_no_grad,
     check_operand,
     check_same,
     needs_int64,
@@ -456,6 +457,8 @@ def splitk_matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None
     rounded to whole K tiles, so fewer may run); None picks from the SM count (at least two
     programs per SM) on CUDA and 2 under the interpreter. input_precision: as in ``matmul``.
     All tensors share one dtype (float16, bfloat16 or float32); accumulation is fp32.
+    Inference only, with no backward: with grad mode on and an input requiring grad it
+    raises a RuntimeError rather than return an output autograd cannot differentiate.
     """
     act = normalize_activation(activation)
     M, N, K = check_matmul_operands(a, b)
@@ -466,6 +469,7 @@ def splitk_matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None
             raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
     if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
         raise ValueError(f"split_k must be a positive int or None, got {split_k!r}")
+    check_no_grad("splitk_matmul", a=a, b=b, bias=bias)
     precision = precision_for(a.dtype, input_precision)
     out, _ = prepare_out(out, a, (M,), N)
     if M == 0 or N == 0:

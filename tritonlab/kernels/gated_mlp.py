@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonlab.kernels._gemm import _cfg, needs_int64, precision_for, tile_offsets
+from tritonlab.kernels._gemm import _cfg, check_no_grad, needs_int64, precision_for, tile_offsets
 from tritonlab.kernels._splitk import (
     DECODE_MAX_M,
     as_rows,
@@ -161,7 +161,8 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
     out: (..., N) or None. Every tensor has x's dtype (float16, bfloat16 or float32) and
     device; any strides. Returns (..., N) in x's dtype. Accumulation is fp32. M <= 16 rows
     run the split-K decode kernel. ``input_precision``: as in ``matmul`` (float32 only).
-    Inference only: nothing is saved for a backward.
+    Inference only, with no backward: with grad mode on and an input requiring grad it
+    raises a RuntimeError rather than return an output autograd cannot differentiate.
     """
     if activation not in GATED_ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r} for gated_mlp; expected one of: "
@@ -171,6 +172,7 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
     N = w_gate.shape[0]
     check_weight("w_up", w_up, x2, N)
     eps = check_norm(norm_weight, eps, x2) if norm_weight is not None else check_eps(eps)
+    check_no_grad("gated_mlp", x=x, w_gate=w_gate, w_up=w_up, norm_weight=norm_weight)
     precision = precision_for(x2.dtype, input_precision)
     out, out2 = prepare_out(out, x2, lead, N)
     M, K = x2.shape

@@ -33,6 +33,15 @@ when x needs none, a dW kernel specialised to the column sums alone when only th
 nothing saved (and only y written) when no input requires grad. Both GEMMs accumulate in
 fp32 (fp64 for float64 inputs, which exist for gradcheck).
 
+Second order (``create_graph=True``, e.g. a gradient penalty): without an activation or with
+ReLU the gradients are bilinear in G and the saved x or W (ReLU's mask [y > 0] has zero
+derivative almost everywhere), so the backward expresses them through :func:`linear`
+itself, dX = linear(G', W^T) and dW = linear(G'^T, X^T), plus db = sum of G' rows: still
+the lab's kernels, and differentiable to any order. GELU and SiLU would need act''(Z), and
+Z cannot be rebuilt from what is saved (D = act'(Z), and x or W only when the other's
+gradient is needed), so there a backward with create_graph=True raises a RuntimeError:
+an error, never a silently wrong second-order gradient.
+
 x may have any leading batch dimensions and any strides: its rows are addressed through up
 to two levels of (size, stride), which covers every view whose leading dimensions collapse
 to two groups (a transposed batch/sequence, a strided slice, a broadcast); only deeper
@@ -47,7 +56,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from tritonlab.kernels._activations import activation_grad, apply_activation, normalize_activation
 from tritonlab.kernels._gemm import (
@@ -560,10 +568,26 @@ def _backward(grad_y: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor
     return dx, dw, db
 
 
+def _differentiable_backward(grad_y, x, weight, saved, n, k, dact, precision,
+                             need_x, need_w, need_b):
+    """(dx, dW, db) as differentiable :func:`linear` calls and torch ops, for
+    ``create_graph=True`` with no activation or ReLU (``dact`` "none" or "relu")."""
+    g = grad_y.masked_fill(saved <= 0, 0) if dact == "relu" else grad_y
+    dx = linear(g, weight.t(), input_precision=precision) if need_x else None
+    g2 = g.reshape(-1, n)
+    dw = linear(g2.t(), x.reshape(-1, k).t(), input_precision=precision) if need_w else None
+    db = g2.sum(0) if need_b else None
+    return dx, dw, db
+
+
 class _LinearFunction(torch.autograd.Function):
     """Autograd glue: forward saves x (only if dW is needed), W (only if dX is needed) and
     act'(Z), y or nothing depending on the activation; backward launches only the kernels of
-    the gradients autograd asks for."""
+    the gradients autograd asks for.
+
+    Double backward (backward called with grad mode on, i.e. ``create_graph=True``): exact
+    and itself differentiable for no activation and ReLU (:func:`_differentiable_backward`);
+    a RuntimeError for GELU and SiLU (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation, precision):
@@ -572,19 +596,31 @@ class _LinearFunction(torch.autograd.Function):
         y, d = _forward(x, weight, bias, activation, precision, save_dact=save_dact)
         saved = d if save_dact else (y if activation == "relu" else None)
         ctx.save_for_backward(x if need_w else None, weight if need_x else None, saved)
-        ctx.dact = dact_mode(activation)
+        ctx.activation = activation
         ctx.precision = precision
         ctx.n, ctx.k = weight.shape
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):
         x, weight, saved = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = _backward(grad_y, x, weight, saved, ctx.n, ctx.k, ctx.dact,
-                               ctx.precision, need_x, need_w, need_b)
-        return dx, dw, db, None, None
+        dact = dact_mode(ctx.activation)
+        args = (x, weight, saved, ctx.n, ctx.k, dact, ctx.precision, need_x, need_w, need_b)
+        if not torch.is_grad_enabled():
+            return (*_backward(grad_y, *args), None, None)
+        if dact == "saved":
+            # Raised here, not deferred to a node that fails when differentiated (torch's
+            # once_differentiable): such a node hangs off fresh leaves, so
+            # torch.autograd.grad(..., inputs=(x, W)) would prune it and silently return
+            # gradients without the second-order terms.
+            raise RuntimeError(
+                f"linear with activation {ctx.activation!r} has no double backward: "
+                f"create_graph=True asks for differentiable gradients, which need the "
+                f"activation's second derivative at the pre-activation, and the kernels do not "
+                f"save it. Use activation None or 'relu' (both support second order), the "
+                f"eager torch chain, or a backward without create_graph")
+        return (*_differentiable_backward(grad_y, *args), None, None)
 
 
 # -------------------------------------------------------------------------------- public API
@@ -630,7 +666,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     Differentiable in x, weight and bias through Triton kernels (see the module docstring);
     without autograd (``torch.no_grad``, ``torch.inference_mode``, or no input requiring
-    grad) only the fused forward kernel runs and nothing is saved. ``input_precision``
+    grad) only the fused forward kernel runs and nothing is saved. Second-order gradients
+    (``create_graph=True``) are supported without an activation and with ReLU; for GELU and
+    SiLU such a backward raises a RuntimeError. ``input_precision``
     ("ieee" or "tf32") applies to float32 as in :func:`tritonlab.kernels.matmul`.
     """
     act = normalize_activation(activation)
@@ -644,7 +682,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 class Linear(torch.nn.Linear):
     """A drop-in ``torch.nn.Linear`` (same constructor, parameters, initialisation and
-    state_dict) whose forward runs :func:`linear`, with an optional fused ``activation``."""
+    state_dict) whose forward runs :func:`linear`, with an optional fused ``activation``.
+    Unlike ``torch.nn.Linear`` followed by GELU or SiLU, a backward with
+    ``create_graph=True`` through it raises a RuntimeError (see :func:`linear`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None, *, activation: str | None = None):

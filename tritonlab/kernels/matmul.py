@@ -4,6 +4,12 @@ A tiled kernel written for performance: grouped program ordering for L2 reuse, f
 accumulation, a software-pipelined K loop (``num_stages``), masked edges for any M, N, K, any
 strides (transposed and non-contiguous operands are read in place, never copied), and int64
 addressing switched on only for tensors whose offsets overflow int32.
+
+Differentiable: with grad mode on and an input requiring grad, :func:`matmul` runs through
+an autograd.Function whose backward is the same kernel on transposed views,
+dA = dC B^T and dB = A^T dC, each launched only when autograd asks for it. The backward
+calls :func:`matmul` itself, so under ``create_graph=True`` the gradients are again
+differentiable (to any order).
 """
 
 from __future__ import annotations
@@ -103,19 +109,11 @@ def _grid(M: int, N: int):
     return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = None,
-           out: torch.Tensor | None = None, splitk: bool | None = None) -> torch.Tensor:
-    """C = A @ B with A (M, K) and B (K, N), both float16, bfloat16 or float32, any strides.
-
-    Returns C (M, N) in the inputs' dtype (or writes ``out``, which may be a strided view).
-    ``input_precision`` applies to float32: ``"ieee"`` (exact fp32 products) or ``"tf32"``;
-    by default it follows ``torch.backends.cuda.matmul.allow_tf32`` like torch.matmul.
-    Accumulation is always fp32. ``splitk``: None sends decode-sized M (at most
-    ``DECODE_MAX_M`` = 16 rows) to the split-K kernel of :mod:`._splitk`, which keeps every SM
-    busy where the tiled kernel would run one program per column tile; True/False force it.
-    """
-    M, N, K = check_matmul_operands(a, b)
-    precision = precision_for(a.dtype, input_precision)
+def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, precision: str,
+            splitk: bool | None) -> torch.Tensor:
+    """C = A @ B on validated operands (see :func:`matmul`), into ``out`` or a new tensor."""
+    M, K = a.shape
+    N = b.shape[1]
     out, _ = prepare_out(out, a, (M,), N)
     if M == 0 or N == 0:
         return out
@@ -133,3 +131,51 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
     MATMUL_LAST.tiled(MATMUL_KERNEL)
     return out
 
+
+class _MatmulFunction(torch.autograd.Function):
+    """C = A @ B with backward dA = dC B^T, dB = A^T dC, both by :func:`matmul` on
+    transposed views (read in place, whatever their strides). Saves B only when dA is
+    needed and A only when dB is. The backward's matmuls are themselves differentiable
+    when autograd records them (``create_graph=True``)."""
+
+    @staticmethod
+    def forward(ctx, a, b, precision, splitk):
+        need_a, need_b = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(a if need_b else None, b if need_a else None)
+        ctx.precision = precision
+        return _launch(a, b, None, precision, splitk)
+
+    @staticmethod
+    def backward(ctx, grad_c):
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[:2]
+        grad_a = matmul(grad_c, b.t(), input_precision=ctx.precision) if need_a else None
+        grad_b = matmul(a.t(), grad_c, input_precision=ctx.precision) if need_b else None
+        return grad_a, grad_b, None, None
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = None,
+           out: torch.Tensor | None = None, splitk: bool | None = None) -> torch.Tensor:
+    """C = A @ B with A (M, K) and B (K, N), both float16, bfloat16 or float32, any strides.
+
+    Returns C (M, N) in the inputs' dtype (or writes ``out``, which may be a strided view).
+    ``input_precision`` applies to float32: ``"ieee"`` (exact fp32 products) or ``"tf32"``;
+    by default it follows ``torch.backends.cuda.matmul.allow_tf32`` like torch.matmul.
+    Accumulation is always fp32. ``splitk``: None sends decode-sized M (at most
+    ``DECODE_MAX_M`` = 16 rows) to the split-K kernel of :mod:`._splitk`, which keeps every SM
+    busy where the tiled kernel would run one program per column tile; True/False force it.
+
+    Differentiable in a and b (see the module docstring) unless ``out`` is given: like
+    ``torch.matmul(..., out=...)``, writing into ``out`` is refused with a RuntimeError
+    when autograd would have to record it.
+    """
+    check_matmul_operands(a, b)
+    precision = precision_for(a.dtype, input_precision)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        if out is not None:
+            raise RuntimeError("matmul(out=...) does not support autograd: a or b requires "
+                               "grad with grad mode on; drop out= to get a differentiable "
+                               "result, or call it under torch.no_grad() / "
+                               "torch.inference_mode()")
+        return _MatmulFunction.apply(a, b, precision, splitk)
+    return _launch(a, b, out, precision, splitk)

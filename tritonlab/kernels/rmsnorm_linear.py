@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from tritonlab.kernels._gemm import (
+    check_no_grad,
     check_operand,
     check_same,
     gemm_configs,
@@ -132,7 +133,9 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
     eps: finite, > 0; out: (..., N) or None. Every tensor has x's dtype (float16, bfloat16 or
     float32) and device; any strides. Returns (..., N) in x's dtype; fp32 accumulation of both
     the dot and the sum of squares. M <= 16 rows run the split-K decode kernel.
-    ``input_precision``: as in ``matmul`` (float32 only). Inference only (no backward).
+    ``input_precision``: as in ``matmul`` (float32 only). Inference only, with no backward:
+    with grad mode on and an input requiring grad it raises a RuntimeError rather than
+    return an output autograd cannot differentiate.
     """
     x2, lead = as_rows(x)
     check_weight("weight", weight, x2)
@@ -143,6 +146,7 @@ def rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Ten
         check_same(x=x2, bias=bias)
         if bias.shape[0] != N:
             raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
+    check_no_grad("rmsnorm_linear", x=x, norm_weight=norm_weight, weight=weight, bias=bias)
     precision = precision_for(x2.dtype, input_precision)
     out, out2 = prepare_out(out, x2, lead, N)
     M = x2.shape[0]

@@ -2,8 +2,10 @@
 
 Each case draws fresh seeded inputs, poisons every output buffer the implementation can
 write with NaN before it runs (an element the kernel forgets to write stays NaN and fails),
-and compares each output with the float64 reference by relative Frobenius error and by the
-largest elementwise error, against the op's tolerance for that dtype and reduction length.
+checks each output's shape against the reference's and its dtype against the op's declared
+output dtype, and compares it with the float64 reference by relative Frobenius error and by
+the largest elementwise error, normalised by the scale of the terms it sums
+(``OpSpec.error_scale``), against that output's tolerance (``OpSpec.tolerance``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -41,34 +44,84 @@ class CaseResult:
         return asdict(self)
 
 
-def compare(out: Outputs, ref: Outputs, tol: Tolerance) -> tuple[bool, float, float, float, str | None]:
-    """(correct, rel_fro_err, max_rel_err, max_abs_err, why) over all output tensors: the
-    errors are the worst over the tuple; a NaN/Inf where the reference is finite fails."""
+class Comparison(NamedTuple):
+    """What :func:`compare` found. The errors and ``tol`` are those of the output nearest to
+    its bound (or furthest past it), so a table row shows the binding output; ``why`` says
+    what failed, None when everything passed."""
+
+    correct: bool
+    rel_fro_err: float
+    max_rel_err: float
+    max_abs_err: float
+    tol: Tolerance | None
+    why: str | None
+
+
+def per_output(value, n: int, what: str) -> tuple:
+    """``value`` for each of ``n`` outputs: a tuple or list must have exactly ``n`` entries,
+    anything else applies to all of them."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ValueError(f"the op declares {len(value)} {what}(s) for {n} output(s)")
+        return tuple(value)
+    return (value,) * n
+
+
+def _failed(why: str) -> Comparison:
+    return Comparison(False, math.inf, math.inf, math.inf, None, why)
+
+
+def compare(out: Outputs, ref: Outputs, tol: Tolerance | Sequence[Tolerance], *,
+            scale: Sequence[torch.Tensor | None] | None = None,
+            dtypes: torch.dtype | Sequence[torch.dtype] | None = None) -> Comparison:
+    """``out`` against ``ref``, output by output: the same count, each a tensor of the
+    reference's shape and (when ``dtypes`` is given) of its declared dtype, finite where the
+    reference is, and within its tolerance. ``tol``, ``scale`` and ``dtypes`` are per output
+    or one for all; the errors of output i are normalised by s = max(|ref_i|, scale_i)
+    elementwise (see :class:`Tolerance`)."""
     if len(out) != len(ref):
-        return False, math.inf, math.inf, math.inf, f"{len(out)} outputs, expected {len(ref)}"
-    worst_fro = worst_rel = worst_abs = 0.0
+        return _failed(f"{len(out)} outputs, expected {len(ref)}")
+    try:
+        tols = per_output(tol, len(ref), "tolerance")
+        scales = per_output(scale, len(ref), "error scale")
+        kinds = per_output(dtypes, len(ref), "output dtype")
+    except ValueError as exc:
+        return _failed(str(exc))
+    best = None  # (ratio to the bound, fro, mrel, mabs, tol) of the binding output
     why = None
-    for i, (o, r) in enumerate(zip(out, ref)):
+    for i, (o, r, t, sc, kind) in enumerate(zip(out, ref, tols, scales, kinds)):
+        if not isinstance(o, torch.Tensor):
+            return _failed(f"output {i} is a {type(o).__name__}, not a tensor")
         if tuple(o.shape) != tuple(r.shape):
-            return (False, math.inf, math.inf, math.inf,
-                    f"output {i} has shape {tuple(o.shape)}, expected {tuple(r.shape)}")
+            return _failed(f"output {i} has shape {tuple(o.shape)}, expected {tuple(r.shape)} "
+                           f"(the reference's)")
+        if kind is not None and o.dtype != kind:
+            return _failed(f"output {i} has dtype {dtype_name(o.dtype)}, expected "
+                           f"{dtype_name(kind)} (the op's declared output dtype)")
         o64 = o.detach().to(device="cpu", dtype=torch.float64)
         r64 = r.detach().to(device="cpu", dtype=torch.float64)
         if not torch.isfinite(o64).all():
             bad = int((~torch.isfinite(o64)).sum())
-            return (False, math.inf, math.inf, math.inf,
-                    f"output {i} has {bad} non-finite elements (unwritten or overflow)")
+            return _failed(f"output {i} has {bad} non-finite elements (unwritten or overflow)")
+        s = r64.abs()
+        if sc is not None:
+            s = torch.maximum(s, sc.detach().to(device="cpu", dtype=torch.float64).expand_as(s))
         diff = o64 - r64
-        ref_norm = float(r64.norm())
-        ref_max = float(r64.abs().max()) if r64.numel() else 0.0
-        fro = float(diff.norm()) / ref_norm if ref_norm > 0 else float(diff.norm())
+        s_norm = float(s.norm())
+        s_max = float(s.max()) if s.numel() else 0.0
+        fro = float(diff.norm()) / s_norm if s_norm > 0 else float(diff.norm())
         mabs = float(diff.abs().max()) if diff.numel() else 0.0
-        mrel = mabs / ref_max if ref_max > 0 else mabs
-        worst_fro, worst_rel, worst_abs = max(worst_fro, fro), max(worst_rel, mrel), max(worst_abs, mabs)
-        if fro > tol.rel_fro or mrel > tol.max_rel:
-            why = why or (f"output {i}: rel_fro {fro:.2e} (tol {tol.rel_fro:.1e}), "
-                          f"max_rel {mrel:.2e} (tol {tol.max_rel:.1e})")
-    return why is None, worst_fro, worst_rel, worst_abs, why
+        mrel = mabs / s_max if s_max > 0 else mabs
+        ratio = max(fro / t.rel_fro, mrel / t.max_rel)
+        if best is None or ratio > best[0]:
+            best = (ratio, fro, mrel, mabs, t)
+        if fro > t.rel_fro or mrel > t.max_rel:
+            why = why or (f"output {i}: rel_fro {fro:.2e} (tol {t.rel_fro:.1e}), "
+                          f"max_rel {mrel:.2e} (tol {t.max_rel:.1e})")
+    if best is None:
+        return Comparison(True, 0.0, 0.0, 0.0, None, None)
+    _, fro, mrel, mabs, t = best
+    return Comparison(why is None, fro, mrel, mabs, t, why)
 
 
 def poison(inputs: Inputs) -> None:
@@ -111,21 +164,25 @@ def check_case(op: OpSpec, impl: Impl, mode: str, dtype: torch.dtype, shape: Sha
         result.error = f"skipped: {reason}"
         return result
     tol = op.tolerance(dtype, shape, mode)
-    result.tol_rel_fro, result.tol_max_rel = tol.rel_fro, tol.max_rel
     start = time.perf_counter()
     try:
         inputs = op.make_inputs(shape, dtype, be.device, seed)
         out = run_poisoned(impl, inputs, mode)
-        ref = op.reference(op.make_inputs(shape, dtype, be.device, seed), mode)
+        ref_inputs = op.make_inputs(shape, dtype, be.device, seed)
+        ref = op.reference(ref_inputs, mode)
+        scale = op.error_scale(ref_inputs, mode)
     except Exception as exc:  # compile errors (CompilationError, OutOfResources), OOM, bad launch
         result.correct = False
         result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return result
     finally:
         result.seconds = time.perf_counter() - start
-    ok, fro, mrel, mabs, why = compare(out, ref, tol)
-    result.correct, result.rel_fro_err, result.max_rel_err, result.max_abs_err = ok, fro, mrel, mabs
-    result.error = why
+    found = compare(out, ref, tol, scale=scale, dtypes=op.output_dtypes(dtype, mode))
+    result.correct, result.error = found.correct, found.why
+    if found.tol is not None:
+        result.rel_fro_err, result.max_rel_err = found.rel_fro_err, found.max_rel_err
+        result.max_abs_err = found.max_abs_err
+        result.tol_rel_fro, result.tol_max_rel = found.tol.rel_fro, found.tol.max_rel
     return result
 
 

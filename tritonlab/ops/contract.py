@@ -19,7 +19,12 @@ activation="relu", ...)``). Its methods are the formulas:
   traffic of a mode (each input read once, each output written once).
 * ``unfused_bytes(shape, dtype, mode)``: the traffic of the unfused baseline chain, for fused
   ops; None otherwise (``fused`` tells which an op is).
-* ``tolerance(dtype, shape, mode)``: the :class:`Tolerance` against ``reference``.
+* ``tolerance(dtype, shape, mode)``: the :class:`Tolerance` of each output against
+  ``reference`` (a tuple aligned with the outputs; one Tolerance applies to all), each from
+  that output's own reduction length.
+* ``error_scale(inputs, mode)``: per output, the magnitude its error is measured against
+  (see :class:`Tolerance`); None for the output's own magnitude.
+* ``output_dtypes(dtype, mode)``: the dtype of each output (default: the input dtype).
 * ``compile_targets(dtype)``: the kernels and launches ``tritonlab inspect`` compiles
   (:class:`tritonlab.kernels.tuning.CompileTarget`); empty by default.
 
@@ -64,11 +69,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Bounds on the error against the float64 reference.
+    """Bounds on one output's error against the float64 reference.
 
-    ``rel_fro``: ||out - ref||_F / ||ref||_F. ``max_rel``: max|out - ref| / max|ref| (the
+    ``rel_fro``: ||out - ref||_F / ||s||_F. ``max_rel``: max|out - ref| / max(s) (the
     largest elementwise error, normalised by the output's scale so that it stays meaningful
-    where an element of ref is near zero).
+    where an element of ref is near zero). ``s`` is elementwise max(|ref|, scale), where
+    ``scale`` is what :meth:`OpSpec.error_scale` gives for the output (typically
+    :func:`term_rss`): a sum whose terms cancel is small, but its rounding error is as large
+    as that of a sum of the same terms that do not, so dividing by |ref| alone would fail
+    correct code wherever a reduction happens to land near zero.
     """
 
     rel_fro: float
@@ -80,7 +89,8 @@ TF32_ROUNDOFF = 2.0**-11
 
 
 def reduction_tolerance(dtype: torch.dtype, k: int, *, tf32: bool = False) -> Tolerance:
-    """Tolerance of a length-``k`` dot product accumulated in fp32, stored in ``dtype``.
+    """Tolerance of a length-``k`` dot product accumulated in fp32, stored in ``dtype``,
+    relative to the scale of its terms (:func:`term_rss`, or |ref| where that is larger).
 
     Two sources of error: rounding the result to ``dtype`` (one unit roundoff u_out) and the
     fp32 (or TF32-input) accumulation, whose error grows like sqrt(k) for random data. A
@@ -90,6 +100,15 @@ def reduction_tolerance(dtype: torch.dtype, k: int, *, tf32: bool = False) -> To
     u_acc = TF32_ROUNDOFF if (dtype == torch.float32 and tf32) else UNIT_ROUNDOFF[torch.float32]
     base = u_out + u_acc * math.sqrt(max(k, 1))
     return Tolerance(rel_fro=4.0 * base, max_rel=8.0 * base)
+
+
+def term_rss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise sqrt(sum_k a[i, k]^2 b[k, j]^2): the root-sum-square of the products that
+    each element of ``a @ b`` sums. It is the size that sum has when the products' signs are
+    random, and the size its accumulated rounding error scales with whatever the signs (a
+    sum that cancels to near zero has the same rounding error), so it is the scale
+    :func:`reduction_tolerance` is measured against."""
+    return ((a * a) @ (b * b)).sqrt()
 
 
 def scaled(tol: Tolerance, factor: float) -> Tolerance:
@@ -200,8 +219,28 @@ class OpSpec:
         """The unfused baseline chain's traffic; None for an op that fuses nothing."""
         return None
 
-    def tolerance(self, dtype: torch.dtype, shape: Shape, mode: str) -> Tolerance:
+    def tolerance(self, dtype: torch.dtype, shape: Shape,
+                  mode: str) -> Tolerance | tuple[Tolerance, ...]:
+        """One :class:`Tolerance` per output of ``mode``, in the order ``reference`` returns
+        them, each from that output's own reduction length; a single Tolerance applies to
+        every output."""
         raise NotImplementedError(f"{type(self).__name__} defines no tolerance()")
+
+    def error_scale(self, inputs: Inputs, mode: str) -> tuple[torch.Tensor | None, ...] | None:
+        """Per output of ``mode``, a float64 tensor (broadcastable to the output's shape) of
+        the magnitude its error is measured against, from the same ``inputs`` as
+        ``reference``: the root-sum-square of the terms each element sums
+        (:func:`term_rss`), carried through any elementwise function that follows. The
+        checker takes the elementwise max with |ref|. None, for the whole tuple or one
+        output: |ref| alone (right for outputs whose reductions cannot cancel)."""
+        return None
+
+    def output_dtypes(self, dtype: torch.dtype,
+                      mode: str) -> torch.dtype | tuple[torch.dtype, ...]:
+        """The dtype of each output of ``mode`` for inputs of ``dtype`` (a single dtype
+        applies to every output): the input dtype unless an op declares otherwise. The
+        checker fails an output of another dtype."""
+        return dtype
 
     def compile_targets(self, dtype: torch.dtype) -> list:
         """What ``tritonlab inspect`` compiles (see :mod:`tritonlab.static`)."""

@@ -16,7 +16,7 @@ import torch
 from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import LAST, splitk_matmul, splitk_targets
 from tritonlab.kernels.matmul import MATMUL_KERNEL, matmul
-from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
+from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance, term_rss
 from tritonlab.ops.shapes import LLAMA3_8B_PROJECTIONS, mnk
 
 __all__ = ["DecodeMatmulOp", "SPEC"]
@@ -72,7 +72,10 @@ class DecodeMatmulOp(OpSpec):
         return s * (m * k + n * k + m * n)
 
     def tolerance(self, dtype, shape, mode):
-        return reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32")
+        return (reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32"),)
+
+    def error_scale(self, inputs, mode):
+        return (term_rss(inputs["x"].double(), inputs["weight"].double().t()),)
 
     def compile_targets(self, dtype):
         """Split-K on a batch-1 attention projection (4096 x 4096: 4 slices and the reduction

@@ -11,10 +11,16 @@ import torch
 from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import splitk_targets
 from tritonlab.kernels.gated_mlp import GATED_KERNEL, GATED_LAST, gated_mlp
-from tritonlab.ops.contract import Impl, OpSpec, compile_baseline, reduction_tolerance, scaled
+from tritonlab.ops.contract import (
+    Impl,
+    OpSpec,
+    compile_baseline,
+    reduction_tolerance,
+    term_rss,
+)
 from tritonlab.ops.rmsnorm_linear import rms_norm_chain_bytes
 from tritonlab.ops.shapes import LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN, mnk
-from tritonlab.reference import EPS, eager_gated, eager_rmsnorm_gated
+from tritonlab.reference import EPS, eager_gated, eager_rmsnorm_gated, rms_norm
 
 __all__ = ["GatedMLPOp", "SPECS"]
 
@@ -130,10 +136,22 @@ class GatedMLPOp(OpSpec):
         return gated + (rms_norm_chain_bytes(m, k, dtype) if self.rms else 0)
 
     def tolerance(self, dtype, shape, mode):
-        """Two products multiplied: their relative errors add, so twice a K-long dot's bound
-        (which also covers the rounding of x * norm_weight to the operand dtype)."""
-        return scaled(reduction_tolerance(dtype, shape["K"],
-                                          tf32=precision_for(dtype, None) == "tf32"), 2)
+        """A K-long dot's bound: ``error_scale`` carries the errors of both products into y
+        (which also covers the rounding of x * norm_weight to the operand dtype, an error of
+        each term of the sums)."""
+        return (reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32"),)
+
+    def error_scale(self, inputs, mode):
+        """y = silu(g) u: the root-sum-square of the K products each of g and u sums, carried
+        through the product; the two errors are independent, so they add in quadrature:
+        sqrt((silu'(g) u rss(g))^2 + (silu(g) rss(u))^2)."""
+        d = {k: v.double() for k, v in inputs.items()}
+        x = rms_norm(d["x"], d["norm_weight"], EPS) if self.rms else d["x"]
+        g, u = x @ d["w_gate"].t(), x @ d["w_up"].t()
+        sig = torch.sigmoid(g)
+        dsilu = sig * (1 + g * (1 - sig))
+        return (torch.hypot(dsilu * u * term_rss(x, d["w_gate"].t()),
+                            g * sig * term_rss(x, d["w_up"].t())),)
 
     def compile_targets(self, dtype):
         """The tiled kernel on a Llama-3-8B prefill (8192 tokens, 4096 -> 14336) and the

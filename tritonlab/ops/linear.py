@@ -18,9 +18,15 @@ import torch
 from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import DECODE_MAX_M, splitk_targets
 from tritonlab.kernels.linear import FWD_LAST, KERNELS, SAVES_DACT, acc_dtype, dact_mode, linear
-from tritonlab.ops.contract import Impl, OpSpec, compile_baseline, reduction_tolerance
+from tritonlab.ops.contract import (
+    Impl,
+    OpSpec,
+    compile_baseline,
+    reduction_tolerance,
+    term_rss,
+)
 from tritonlab.ops.shapes import mnk
-from tritonlab.reference import eager_linear
+from tritonlab.reference import eager_linear, torch_activation
 
 __all__ = ["LinearOp", "SPECS"]
 
@@ -164,10 +170,49 @@ class LinearOp(OpSpec):
         return s * {"fwd": fwd, "infer": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
 
     def tolerance(self, dtype, shape, mode):
+        """Each output from its own reduction: y over K, dx over N, dW and db over M."""
         m, n, k = shape["M"], shape["N"], shape["K"]
-        # The longest reduction among the mode's outputs: y over K, dx over N, dW and db over M.
-        length = {"fwd": k, "infer": k, "bwd": max(m, n), "fwd_bwd": max(m, n, k)}[mode]
-        return reduction_tolerance(dtype, length, tf32=precision_for(dtype, None) == "tf32")
+        tf32 = precision_for(dtype, None) == "tf32"
+        y = reduction_tolerance(dtype, k, tf32=tf32)
+        grads = tuple(reduction_tolerance(dtype, length, tf32=tf32)
+                      for length in (n, m, m)[:3 if self.has_bias else 2])
+        return {"fwd": (y,), "infer": (y,), "bwd": grads, "fwd_bwd": (y, *grads)}[mode]
+
+    def error_scale(self, inputs, mode):
+        """With Z = x W^T + b, r(Z) the root-sum-square of the K products and the bias each
+        element of Z sums, and G' = G act'(Z):
+
+        * y = act(Z): max(|act'(Z)| r(Z), |Z|). The error of Z carried through act, and the
+          error of act itself, which GELU and SiLU evaluate as Z times a gate known to
+          absolute, not relative, precision (GELU's 1 + erf(Z / sqrt 2) cancels for negative
+          Z), so y is no more accurate than Z's own scale.
+        * dx, dW, db: the root-sum-square of the terms of G' W, G'^T x and the column sums of
+          G', where G' is taken at the scale |G| (|act'(Z)| + |act''(Z)| r(Z)): the error of
+          Z moves act'(Z) by act''(Z) times it. GELU's and SiLU's act' is evaluated to
+          absolute precision (about 1), not relative to its value, so for them G' is no more
+          accurate than |G|; ReLU's and the identity's act' is exact.
+        """
+        x, w = inputs["x"].double(), inputs["weight"].double()
+        b = inputs["bias"].double() if self.has_bias else None
+        z_rss = ((x * x) @ (w * w).t() + (b * b if b is not None else 0.0)).sqrt()
+        z = (x @ w.t() + (b if b is not None else 0.0)).requires_grad_()
+        with torch.enable_grad():
+            (dact,) = torch.autograd.grad(torch_activation(z, self.activation).sum(), z,
+                                          create_graph=True)
+            # act'' is zero (no graph) for the identity and ReLU.
+            ddact = (torch.autograd.grad(dact.sum(), z)[0] if dact.requires_grad
+                     else torch.zeros_like(z))
+        dact, z = dact.detach(), z.detach()
+        y = torch.maximum(dact.abs() * z_rss, z.abs())
+        if mode in ("fwd", "infer"):
+            return (y,)
+        gate = dact.abs() + ddact.abs() * z_rss
+        if self.saves_dact:
+            gate = gate.clamp(min=1.0)
+        g = inputs["grad"].double().abs() * gate
+        grads = (term_rss(g, w), term_rss(g.t(), x), (g * g).sum(0).sqrt())
+        grads = grads[:3 if self.has_bias else 2]
+        return grads if mode == "bwd" else (y, *grads)
 
     def compile_targets(self, dtype):
         """The three kernels as launched on a row-major Llama-3-8B up-projection (M=8192

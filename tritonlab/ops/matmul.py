@@ -10,7 +10,7 @@ import torch
 from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import DECODE_MAX_M, splitk_targets
 from tritonlab.kernels.matmul import MATMUL_KERNEL, MATMUL_LAST, matmul
-from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance
+from tritonlab.ops.contract import Impl, OpSpec, reduction_tolerance, term_rss
 from tritonlab.ops.shapes import LLAMA3_8B_PROJECTIONS, mnk
 
 __all__ = ["MatmulOp", "SPEC"]
@@ -60,7 +60,10 @@ class MatmulOp(OpSpec):
         return s * (m * k + k * n + m * n)
 
     def tolerance(self, dtype, shape, mode):
-        return reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32")
+        return (reduction_tolerance(dtype, shape["K"], tf32=precision_for(dtype, None) == "tf32"),)
+
+    def error_scale(self, inputs, mode):
+        return (term_rss(inputs["a"].double(), inputs["b"].double()),)
 
     def compile_targets(self, dtype):
         """The tiled kernel as launched on a row-major 4096^3 problem (unit strides become

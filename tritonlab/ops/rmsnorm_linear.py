@@ -13,9 +13,16 @@ from tritonlab.kernels.rmsnorm_linear import (
     RMSNORM_LINEAR_LAST,
     rmsnorm_linear,
 )
-from tritonlab.ops.contract import Impl, OpSpec, compile_baseline, reduction_tolerance, scaled
+from tritonlab.ops.contract import (
+    Impl,
+    OpSpec,
+    compile_baseline,
+    reduction_tolerance,
+    scaled,
+    term_rss,
+)
 from tritonlab.ops.shapes import LLAMA3_8B_DIM, LLAMA3_8B_HIDDEN, mnk
-from tritonlab.reference import EPS, eager_rmsnorm_linear
+from tritonlab.reference import EPS, eager_rmsnorm_linear, rms_norm
 
 __all__ = ["RMSNormLinearOp", "SPEC", "rms_norm_chain_bytes"]
 
@@ -80,8 +87,14 @@ class RMSNormLinearOp(OpSpec):
     def tolerance(self, dtype, shape, mode):
         """A K-long dot's bound, doubled for the rounding of x * norm_weight to the operand
         dtype (the eager chain rounds twice too: x * r and then * norm_weight)."""
-        return scaled(reduction_tolerance(dtype, shape["K"],
-                                          tf32=precision_for(dtype, None) == "tf32"), 2)
+        return (scaled(reduction_tolerance(dtype, shape["K"],
+                                           tf32=precision_for(dtype, None) == "tf32"), 2),)
+
+    def error_scale(self, inputs, mode):
+        """The root-sum-square of the K products of the normalised x and W each element
+        sums."""
+        x, nw, w = (inputs[k].double() for k in ("x", "norm_weight", "weight"))
+        return (term_rss(rms_norm(x, nw, EPS), w.t()),)
 
     def compile_targets(self, dtype):
         """The tiled kernel on a Llama-3-8B prefill (8192 tokens, 4096 -> 14336), and split-K

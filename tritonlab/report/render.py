@@ -20,6 +20,7 @@ same thing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,7 +42,7 @@ from tritonlab.report.document import (
     render_html,
     render_markdown,
 )
-from tritonlab.runs.store import Run, load_run
+from tritonlab.runs.store import Run, claim_dir, load_run
 
 
 def run_peaks(run: Run) -> Peaks | None:
@@ -142,10 +143,13 @@ def default_out_dir(run_dirs: list) -> Path:
     return first.parent / f"report-{names}"
 
 
-def write_report(run_dirs: Iterable, out_dir=None) -> ReportPaths:
+def write_report(run_dirs: Iterable, out_dir=None, *, claim: bool = True) -> ReportPaths:
     """Read ``run_dirs`` and write ``report.md``, ``figures/*.png`` and ``index.html`` into
     ``out_dir`` (see :func:`default_out_dir`). UsageError for bad input (see
-    :func:`tritonlab.runs.store.load_run`) and when no run has anything to report."""
+    :func:`tritonlab.runs.store.load_run`), when no run has anything to report, and for an
+    ``out_dir`` that is neither new, nor empty, nor a previous report's
+    (:func:`tritonlab.runs.store.claim_dir`; ``claim=False``: the caller has claimed it, as
+    the demo does for its own directory)."""
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise UsageError("give at least one run directory")
@@ -156,14 +160,16 @@ def write_report(run_dirs: Iterable, out_dir=None) -> ReportPaths:
         raise UsageError("nothing to report: " + "; ".join(
             f"{r.path} has no results rows and no contrast" for r in runs))
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for stale in fig_dir.glob("*.png"):
-        stale.unlink()
-    blocks = build_blocks(runs, peaks, fig_dir)
-    md = out / "report.md"
-    md.write_text(render_markdown(blocks, out))
-    page = out / "index.html"
-    page.write_text(render_html(blocks, "tritonlab report: " + ", ".join(r.label for r in runs)))
+    with claim_dir(out, "report") if claim else contextlib.nullcontext():
+        fig_dir = out / "figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for stale in fig_dir.glob("*.png"):
+            stale.unlink()
+        blocks = build_blocks(runs, peaks, fig_dir)
+        md = out / "report.md"
+        md.write_text(render_markdown(blocks, out))
+        page = out / "index.html"
+        page.write_text(render_html(blocks, "tritonlab report: "
+                                    + ", ".join(r.label for r in runs)))
     figures = sorted(fig_dir.glob("*.png"))
     return ReportPaths(out, md, page, figures, [w for r in runs for w in r.warnings])

@@ -8,6 +8,12 @@ slowdown is not explained by the spread of the samples). An **improvement** is t
 image. A point that was correct in BASE and fails in NEW is a regression too. Geometric
 means of the speedups are given per op and per (op, impl).
 
+A comparison that compared nothing does not pass: no paired points (disjoint runs, or
+contrast runs, which hold no sweep points), or paired points none of which was measured in
+both runs, give ``passed`` False with the ``reason``. A run whose manifest does not say
+``complete`` (still running, interrupted, or killed) is named in ``incomplete``: its missing
+points may be missing for that reason.
+
 Runs measured on different backends or devices, or with different cache/graph settings,
 are not comparable; :func:`compare_runs` refuses them unless ``force``.
 """
@@ -93,6 +99,13 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD,
     keys = [k for k in base.points if k in new.points]
     points = [compare_point(base.points[k], new.points[k], threshold) for k in keys]
     regressions = [p for p in points if p["verdict"].startswith("regression")]
+    timed = sum(p["speedup"] is not None for p in points)
+    reason = None
+    if not points:
+        reason = "nothing compared: no point is in both runs" + _kinds_note(base, new)
+    elif not timed and not regressions:
+        reason = (f"nothing compared: none of the {len(points)} paired point(s) was measured "
+                  f"correctly in both runs")
     return {
         "base": str(base.path), "new": str(new.path), "threshold": threshold,
         "backend": base.manifest.get("backend"),
@@ -104,8 +117,34 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD,
         "improvements": sum(p["verdict"] == "improvement" for p in points),
         "only_base": [str(k) for k in base.points if k not in new.points],
         "only_new": [str(k) for k in new.points if k not in base.points],
-        "passed": not regressions,
+        "compared": timed,
+        "incomplete": [note for note in (_incomplete("BASE", base), _incomplete("NEW", new))
+                       if note],
+        "reason": reason,
+        "passed": not regressions and reason is None,
     }
+
+
+def _kinds_note(base: Run, new: Run) -> str:
+    """Why two runs share no point, where their kinds explain it."""
+    kinds = {side: run.manifest.get("kind") for side, run in (("BASE", base), ("NEW", new))}
+    others = [f"{side} is a {kind} run" for side, kind in kinds.items()
+              if kind and kind != "sweep"]
+    if others:
+        return f" ({'; '.join(others)}: compare pairs sweep points)"
+    empty = [side for side, run in (("BASE", base), ("NEW", new)) if not run.points]
+    if empty:
+        return f" ({' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no points)"
+    return ""
+
+
+def _incomplete(side: str, run: Run) -> str | None:
+    """A note when ``run``'s manifest does not say it completed."""
+    status = run.manifest.get("status")
+    if status == "complete":
+        return None
+    return (f"{side} run {run.path} is incomplete (status: {status or 'unknown'}); points "
+            f"missing from it may not have been measured")
 
 
 def speedup_geomeans(points: Iterable[Mapping]) -> list[dict]:
@@ -140,6 +179,7 @@ def report_lines(report: Mapping) -> list[str]:
              f"backend: {report['backend']}  device: {report['device']}  "
              f"threshold: {100 * report['threshold']:g}%"]
     lines += [f"warning: {w}" for w in report["incompatibilities"]]
+    lines += [f"warning: {w}" for w in report["incomplete"]]
     lines.append(table(rows, ["op", "impl", "mode", "dtype", "shape", "base ms", "new ms",
                               "speedup", "95% CI", "verdict"]))
     geo = [[g["op"], g["impl"] or "(all)", g["n"], fmt_num(g["speedup"], ".3f")]
@@ -152,6 +192,9 @@ def report_lines(report: Mapping) -> list[str]:
             lines.append(f"{len(report[side])} point(s) only in "
                          f"{'BASE' if side == 'only_base' else 'NEW'}: "
                          + "; ".join(report[side][:5]) + (" ..." if len(report[side]) > 5 else ""))
-    lines.append(f"{len(report['points'])} paired points: {report['regressions']} "
-                 f"regression(s), {report['improvements']} improvement(s)")
+    lines.append(f"{len(report['points'])} paired points, {report['compared']} timed in both: "
+                 f"{report['regressions']} regression(s), {report['improvements']} "
+                 f"improvement(s)")
+    if report["reason"]:
+        lines.append(f"not passed: {report['reason']}")
     return lines

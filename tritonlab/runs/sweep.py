@@ -370,16 +370,29 @@ ProgressFn = Callable[[int, int, str, str], None]
 
 
 def open_run(out: Path, *, resume: bool, be, argv: Sequence[str], selection: Mapping,
-             options: SweepOptions, timer: Timer) -> RunDir:
-    """Create the run directory, or reopen it for ``resume`` after checking that it was
-    measured the same way (backend, device, cache, graph)."""
+             options: SweepOptions, timer: Timer, part_of: Mapping | None = None) -> RunDir:
+    """Create the run directory, or reopen it for ``resume`` after checking that a sweep
+    wrote it and measured it the same way (backend, device, cache, graph). Either way it is
+    locked by this process until ``release()``; ``part_of``: the job the run belongs to
+    (the demo's marker)."""
     if not resume:
         device = {**devices.describe(be), "clocks_at_start": timer.clocks()}
         manifest = build_manifest(kind="sweep", backend=be, device=device,
                                   argv=argv, options={**selection, **options.to_dict()},
-                                  timer=timer.describe())
+                                  timer=timer.describe(), part_of=part_of)
         return RunDir.create(out, manifest)
-    run = RunDir.open(out)
+    run = RunDir.open_to_resume(out, "sweep")
+    try:
+        _prepare_resume(run, be, argv, options, timer)
+    except BaseException:
+        run.release()
+        raise
+    return run
+
+
+def _prepare_resume(run: RunDir, be, argv: Sequence[str], options: SweepOptions,
+                    timer: Timer) -> None:
+    out = run.path
     manifest = run.manifest()
     old_opts = manifest.get("options", {})
     device_name = (manifest.get("device") or {}).get("name")
@@ -401,7 +414,6 @@ def open_run(out: Path, *, resume: bool, be, argv: Sequence[str], selection: Map
     resumed = list(manifest.get("resumed") or [])
     resumed.append({"time": now_iso(), "command": list(argv)})
     run.update_manifest(resumed=resumed, status="running", end_time=None)
-    return run
 
 
 def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: SweepOptions,
@@ -410,15 +422,15 @@ def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: Sweep
     """Measure every point not yet in ``run`` and append its rows. Ctrl-C stops after
     keeping every finished point (``interrupted`` is then True)."""
     be = backend_mod.current()
-    manifest = run.manifest()
-    sweeper = _Sweeper(be, timer, options, manifest["device"]["name"],
-                       POINT_HOOKS if hooks is None else hooks)
-    if sweeper.peaks is not None:
-        run.update_manifest(peaks=sweeper.peaks.to_dict())
-    done: set[PointKey] = {point_key(r) for r in run.rows()}
     new_rows = before = 0
     interrupted = False
     try:
+        manifest = run.manifest()
+        sweeper = _Sweeper(be, timer, options, manifest["device"]["name"],
+                           POINT_HOOKS if hooks is None else hooks)
+        if sweeper.peaks is not None:
+            run.update_manifest(peaks=sweeper.peaks.to_dict())
+        done: set[PointKey] = {point_key(r) for r in run.rows()}
         for i, point in enumerate(points):
             missing = [impl for impl in point.impls if point.key(impl) not in done]
             if not missing:
@@ -451,8 +463,10 @@ def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: Sweep
 
 def sweep(points: Sequence[Point], out: Path, *, resume: bool, options: SweepOptions,
           argv: Sequence[str], selection: Mapping, hooks: Sequence[PointHook] | None = None,
-          progress: ProgressFn | None = None, notes: Sequence[str] = ()) -> SweepResult:
-    """Open (or resume) the run directory ``out`` and measure ``points`` into it."""
+          progress: ProgressFn | None = None, notes: Sequence[str] = (),
+          part_of: Mapping | None = None) -> SweepResult:
+    """Open (or resume) the run directory ``out``, locked while this runs, and measure
+    ``points`` into it. ``part_of``: the job the run is written for (the demo's marker)."""
     be = backend_mod.current()
     if options.graph and not be.is_gpu:
         raise UsageError("--graph needs the cuda backend (CUDA graphs)")
@@ -462,11 +476,17 @@ def sweep(points: Sequence[Point], out: Path, *, resume: bool, options: SweepOpt
                            budget_s=default_rule(be.name, options.budget_s).budget_s,
                            seed=options.seed)
     run = open_run(Path(out), resume=resume, be=be, argv=argv, selection=selection,
-                   options=options, timer=timer)
-    with gpu_point_hooks(run.path) as gpu_hooks:
-        all_hooks = [*(POINT_HOOKS if hooks is None else hooks), *gpu_hooks]
-        return run_sweep(points, run, timer, options, hooks=all_hooks, progress=progress,
-                         notes=notes)
+                   options=options, timer=timer, part_of=part_of)
+    try:
+        with gpu_point_hooks(run.path) as gpu_hooks:
+            all_hooks = [*(POINT_HOOKS if hooks is None else hooks), *gpu_hooks]
+            return run_sweep(points, run, timer, options, hooks=all_hooks, progress=progress,
+                             notes=notes)
+    except KeyboardInterrupt:  # while the hooks were set up, before run_sweep took over
+        run.update_manifest(status="interrupted", end_time=now_iso())
+        raise
+    finally:
+        run.release()
 
 
 # ------------------------------------------------------------------------------- printing

@@ -13,6 +13,7 @@ cost of each sample, the thread's CPU time and the interval actually achieved.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import threading
 import time
@@ -347,14 +348,21 @@ class Sampler:
         """counters.csv: t_s, time_unix, phase, then one column per metric (empty = no
         value; the reason is in contrast.json / the summary's ``unavailable``)."""
         path = Path(path)
-        names = self.metric_names
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["t_s", "time_unix", "phase", *names])
-            for s in list(self.samples):
-                w.writerow([f"{s['t']:.6f}", f"{self.origin_unix + s['t']:.6f}", s["phase"] or "",
-                            *(_cell(s.get(n)) for n in names)])
+        path.write_text(self.csv_text(), newline="")
         return path
+
+    def csv_text(self, *, header: bool = True, t_offset_s: float = 0.0) -> str:
+        """The text of :meth:`write_csv`; ``t_offset_s`` is added to ``t_s`` (a resumed run
+        keeps the time axis of its first part)."""
+        names = self.metric_names
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        if header:
+            w.writerow(["t_s", "time_unix", "phase", *names])
+        for s in list(self.samples):
+            w.writerow([f"{s['t'] + t_offset_s:.6f}", f"{self.origin_unix + s['t']:.6f}",
+                        s["phase"] or "", *(_cell(s.get(n)) for n in names)])
+        return buf.getvalue()
 
 
 def _cell(value) -> str:
