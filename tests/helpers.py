@@ -1,12 +1,12 @@
-"""Checks the test modules share: an output against its float64 reference, and an independent
-count of the DRAM bytes an eager chain moves."""
+"""What the test modules share: a check of an output against its float64 reference, an
+independent count of the DRAM bytes an eager chain moves, and a toy op for harness tests."""
 
 from __future__ import annotations
 
 import torch
 
 from tritonlab import backend
-from tritonlab.ops.contract import reduction_tolerance
+from tritonlab.ops.contract import Impl, OpSpec, Tolerance, reduction_tolerance
 
 # The torch device of the selected backend (cuda, or cpu under the interpreter): the default
 # of the input builders in the test modules (the `device` fixture gives the same in tests).
@@ -73,3 +73,46 @@ def aten_traffic(fn, *args, **kwargs) -> tuple[int, list[tuple[str, int]]]:
     with Count():
         fn(*args, **kwargs)
     return sum(n for _, n in ops), ops
+
+
+class DoubleOp(OpSpec):
+    """y = 2 x over one dimension N, with the impls a test supplies: a toy op whose plain torch
+    impls cost milliseconds, for testing the checker and the sweep rather than a kernel.
+    ``output_dtype`` declares an output dtype other than the input's; ``tolerance`` replaces
+    the length-1 reduction bound."""
+
+    name, description, dims = "toy", "y = 2 x", ("N",)
+
+    def __init__(self, impls: tuple[Impl, ...], *, modes: tuple[str, ...] = ("infer",),
+                 presets: dict | None = None, dtypes: tuple[torch.dtype, ...] | None = None,
+                 output_dtype: torch.dtype | None = None, tolerance: Tolerance | None = None):
+        self.modes = modes
+        self.presets = presets or {"tiny": [{"N": 8}]}
+        if dtypes is not None:
+            self.dtypes = self.dtypes_interpreter = dtypes
+        self._impls = impls
+        self.output_dtype = output_dtype
+        self._tolerance = tolerance
+        super().__init__()
+
+    def implementations(self):
+        return self._impls
+
+    def make_inputs(self, shape, dtype, device, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"x": torch.randn(shape["N"], generator=g).to(device=device, dtype=dtype)}
+
+    def reference(self, inputs, mode):
+        return (inputs["x"].double() * 2,)
+
+    def flops(self, shape, mode):
+        return shape["N"]
+
+    def bytes(self, shape, dtype, mode):
+        return 2 * dtype.itemsize * shape["N"]
+
+    def tolerance(self, dtype, shape, mode):
+        return self._tolerance or reduction_tolerance(dtype, 1)
+
+    def output_dtypes(self, dtype, mode):
+        return self.output_dtype or dtype

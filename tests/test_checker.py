@@ -11,12 +11,13 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import DoubleOp
 
 from tritonlab import backend
 from tritonlab.cli import cli
 from tritonlab.measure import check
 from tritonlab.ops import registry
-from tritonlab.ops.contract import Impl, OpSpec, Tolerance, reduction_tolerance
+from tritonlab.ops.contract import Impl, Tolerance, reduction_tolerance
 from tritonlab.ops.shapes import mnk
 from tritonlab.runs.records import SCHEMA_VERSION
 
@@ -155,41 +156,10 @@ def test_a_tolerance_count_that_does_not_match_the_outputs_fails():
 # ------------------------------------------------------------- the output contract
 
 
-class _ToyOp(OpSpec):
+def _toy(fn, output_dtype=None) -> DoubleOp:
     """y = 2 x, with an impl returning whatever ``fn`` makes of x."""
-
-    name = "toy"
-    description = "y = 2 x"
-    dims = ("N",)
-    modes = ("fwd",)
-    presets = {"tiny": [{"N": 8}]}
-
-    def __init__(self, fn, output_dtype=None):
-        self.fn = fn
-        self.output_dtype = output_dtype
-        super().__init__()
-
-    def implementations(self):
-        return (Impl("impl", "triton", lambda inputs, mode: lambda: (self.fn(inputs["x"]),)),)
-
-    def make_inputs(self, shape, dtype, device, seed):
-        g = torch.Generator().manual_seed(seed)
-        return {"x": torch.randn(shape["N"], generator=g).to(device=device, dtype=dtype)}
-
-    def reference(self, inputs, mode):
-        return (inputs["x"].double() * 2,)
-
-    def flops(self, shape, mode):
-        return shape["N"]
-
-    def bytes(self, shape, dtype, mode):
-        return 4 * shape["N"]
-
-    def tolerance(self, dtype, shape, mode):
-        return reduction_tolerance(dtype, 1)
-
-    def output_dtypes(self, dtype, mode):
-        return self.output_dtype or dtype
+    return DoubleOp((Impl("impl", "triton", lambda inputs, mode: lambda: (fn(inputs["x"]),)),),
+                    modes=("fwd",), output_dtype=output_dtype)
 
 
 def _check_toy(op, dtype=torch.float16):
@@ -197,22 +167,22 @@ def _check_toy(op, dtype=torch.float16):
 
 
 def test_an_output_of_the_wrong_dtype_fails():
-    r = _check_toy(_ToyOp(lambda x: x.double() * 2))
+    r = _check_toy(_toy(lambda x: x.double() * 2))
     assert r.correct is False
     assert r.error == ("output 0 has dtype float64, expected float16 (the op's declared "
                        "output dtype)")
-    assert _check_toy(_ToyOp(lambda x: x * 2)).correct is True
+    assert _check_toy(_toy(lambda x: x * 2)).correct is True
 
 
 def test_an_op_may_declare_another_output_dtype():
-    widening = _ToyOp(lambda x: x.float() * 2, output_dtype=torch.float32)
+    widening = _toy(lambda x: x.float() * 2, output_dtype=torch.float32)
     assert _check_toy(widening).correct is True
-    r = _check_toy(_ToyOp(lambda x: x * 2, output_dtype=torch.float32))
+    r = _check_toy(_toy(lambda x: x * 2, output_dtype=torch.float32))
     assert r.correct is False and "dtype float16, expected float32" in r.error
 
 
 def test_an_output_of_the_wrong_shape_fails():
-    r = _check_toy(_ToyOp(lambda x: (x * 2).view(1, -1)))
+    r = _check_toy(_toy(lambda x: (x * 2).view(1, -1)))
     assert r.correct is False
     assert r.error == "output 0 has shape (1, 8), expected (8,) (the reference's)"
 

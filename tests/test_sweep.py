@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import ROOT, run_cli
-from helpers import DEVICE
+from helpers import DEVICE, DoubleOp
 from torch.utils.flop_counter import FlopCounterMode
 
 from tritonlab import backend
@@ -176,39 +176,10 @@ def test_every_op_formula_matches_the_flop_counter_on_its_baselines(op_name):
 
 # ------------------------------------------------------------- failures, hooks (in-process)
 
-class _ToyOp(OpSpec):
-    """y = 2x on CPU tensors: impls are plain torch, so these tests cost milliseconds."""
-
-    name, description, dims, modes = "toy", "y = 2x", ("N",), ("infer",)
-    presets = {"tiny": [{"N": 33}, {"N": 65}]}
-    dtypes = dtypes_interpreter = (torch.float32,)
-
-    def __init__(self, impls: tuple[Impl, ...]):
-        self._impls = impls
-        super().__init__()
-
-    def implementations(self):
-        return self._impls
-
-    def make_inputs(self, shape, dtype, device, seed):
-        g = torch.Generator().manual_seed(seed)
-        return {"x": torch.randn(shape["N"], generator=g).to(device=device, dtype=dtype)}
-
-    def reference(self, inputs, mode):
-        return (inputs["x"].double() * 2,)
-
-    def flops(self, shape, mode):
-        return shape["N"]
-
-    def bytes(self, shape, dtype, mode):
-        return 8 * shape["N"]
-
-    def tolerance(self, dtype, shape, mode):
-        return Tolerance(1e-6, 1e-6)
-
-
 def _toy_op(*impls: Impl) -> OpSpec:
-    return _ToyOp(impls)
+    """y = 2x on float32 CPU tensors: impls are plain torch, so these tests cost milliseconds."""
+    return DoubleOp(impls, presets={"tiny": [{"N": 33}, {"N": 65}]}, dtypes=(torch.float32,),
+                    tolerance=Tolerance(1e-6, 1e-6))
 
 
 def _scale(factor):

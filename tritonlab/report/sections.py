@@ -30,8 +30,6 @@ def _flatten(doc: Mapping, prefix: str = "") -> dict[str, object]:
             flat.update(_flatten(value, name + "."))
         elif isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
             flat[name] = " ".join(str(v) for v in value) if name.endswith("argv") else value
-        elif isinstance(value, list):
-            flat[name] = json.dumps(value)
         else:
             flat[name] = value
     return flat
@@ -45,10 +43,24 @@ def figure_caption(run: Run, what: str) -> str:
     return f"{what}: run {run.label}, {figure_label(run.backend, run.device)}"
 
 
+# Longer manifest values (lists of skipped points, long command lines) are summarised: one
+# long cell would widen every row of the Markdown table to its length.
+ENV_CELL_CHARS = 160
+
+
+def _env_cell(value: object) -> object:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= ENV_CELL_CHARS:
+        return text if isinstance(value, list) else value
+    if isinstance(value, list):
+        return f"{len(value)} entries (see manifest.json)"
+    return text[:ENV_CELL_CHARS - 1] + "…"
+
+
 def environment(runs: list[Run]) -> list[Block]:
     flats = [_flatten({k: v for k, v in r.manifest.items() if k != "peaks"}) for r in runs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
-    rows = [[k, *[f.get(k) for f in flats]] for k in keys]
+    rows = [[k, *[_env_cell(f.get(k)) for f in flats]] for k in keys]
     return [Heading(2, "Environment"), Table(["field", *[r.label for r in runs]], rows)]
 
 
