@@ -54,16 +54,26 @@ def _copy_run(src, dst, edit_rows=None, edit_manifest=None):
 
 
 class _Checker(html.parser.HTMLParser):
-    """Collects image sources and links, and checks that every opened tag is closed."""
+    """Collects image sources, links and ids (with the ids of the elements around each),
+    and checks that every opened tag is closed."""
 
     VOID = {"meta", "img", "br", "hr", "link", "input"}
 
     def __init__(self):
         super().__init__()
         self.stack, self.images, self.links, self.errors = [], [], [], []
+        self.open_ids: list[str | None] = []  # beside stack: each open element's id
+        self.ids: dict[str, list[str]] = {}
+        self.order: list[str] = []  # the ids and headings' tags of the body, in order
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if "id" in attrs:
+            assert attrs["id"] not in self.ids, f"duplicate id {attrs['id']}"
+            self.ids[attrs["id"]] = [i for i in self.open_ids if i]
+            self.order.append(attrs["id"])
+        elif tag in ("h2", "details"):
+            self.order.append(tag)
         if tag == "img":
             self.images.append(attrs.get("src", ""))
         for key in ("href", "src"):
@@ -71,12 +81,14 @@ class _Checker(html.parser.HTMLParser):
                 self.links.append(attrs[key])
         if tag not in self.VOID:
             self.stack.append(tag)
+            self.open_ids.append(attrs.get("id"))
 
     def handle_endtag(self, tag):
         if not self.stack or self.stack[-1] != tag:
             self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
         else:
             self.stack.pop()
+            self.open_ids.pop()
 
 
 def _md_cells(md: str) -> list[list[str]]:
@@ -95,7 +107,9 @@ def _check_html(path) -> _Checker:
     checker.feed(text)
     checker.close()
     assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
-    assert not checker.links  # no script, stylesheet or font fetched from anywhere
+    # No script, stylesheet or font fetched from anywhere; links only within the page.
+    for link in checker.links:
+        assert link.startswith("#") and link[1:] in checker.ids, link
     assert "http://" not in text and "https://" not in text
     for src in checker.images:
         head, data = src.split(",", 1)
@@ -118,8 +132,11 @@ def test_report_of_a_real_run(sweep_run, tmp_path):
     backend = rows[0]["backend"]
     if backend == "interpreter":
         assert "NOT GPU performance" in text
-    for heading in ("Environment", "Ceilings", "Roofline", "Results per op", "Correctness"):
-        assert f"<h2>{heading}</h2>" in text
+    for anchor, heading in (("environment", "Environment"), ("ceilings", "Ceilings"),
+                            ("roofline", "Roofline"), ("results", "Results per op"),
+                            ("correctness", "Correctness")):
+        assert f'<h2 id="{anchor}">{heading}</h2>' in text
+    assert '<h3 id="op-matmul">matmul</h3>' in text
     assert "% roofline (spec)" in text and "speedup vs torch" in text
     md = paths.markdown.read_text()
     cells = _md_cells(md)
@@ -194,6 +211,13 @@ def _contrast_dir(tmp_path, backend="cuda"):
                                 "baseline": "torch", "throughput_ratio": 0.9,
                                 "latency_p50_ratio": 1.1, "energy_per_sample_ratio": 1.05}],
            "verdict": {"harder": "train", "decided_by": "power",
+                       "resources": [
+                           {"resource": "power", "metric": "avg_power_w", "unit": "W",
+                            "winner": "train", "train": {"phase": "train/triton/b1",
+                                                         "value": 600.0},
+                            "infer": {"phase": "infer/triton/b1", "value": 250.0}},
+                           {"resource": "heat", "metric": "temp_rise_c", "winner": None,
+                            "reason": "temp_rise_c not measured in train, infer phases"}],
                        "explanation": ["Training pushes harder: 600 W against 250 W."]}}
     (run / "contrast.json").write_text(json.dumps(doc))
     (run / "counters.csv").write_text("time,phase,power_w\n0.0,idle,70\n0.1,train/triton/b1,600\n")
@@ -205,7 +229,7 @@ def test_contrast_section(sweep_run, tmp_path):
     paths = report.write_report([sweep_run, contrast], tmp_path / "rep")
     _check_html(paths.html)
     md = paths.markdown.read_text()
-    section = md.split("## Training vs inference")[1].split("\n## ")[0]
+    section = md.split("\n## Training vs inference\n")[1].split("\n## ")[0]
     assert "Verdict: training pushes harder (decided by power)." in section
     assert "- Training pushes harder: 600 W against 250 W." in section
     assert "OOM: out of memory" in section and "GPM unavailable" in section
@@ -296,3 +320,99 @@ def test_default_out_dir(sweep_run, tmp_path):
     assert (run / "report" / "index.html").is_file()
     assert str(run / "report" / "index.html") in r.stdout
     assert report.default_out_dir([run, tmp_path / "two"]) == tmp_path / "report-one-vs-two"
+
+
+def _md_anchors(md: str) -> set[str]:
+    """The anchors GitHub gives the Markdown headings (a repeated one gets -1, -2)."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in md.splitlines():
+        if line.startswith("#"):
+            base = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_report_opens_on_the_summary(sweep_run, tmp_path):
+    """Summary first (verdict, headline figures, regimes, links), contents whose links all
+    land, environment last and folded, in both the page and the Markdown."""
+    contrast = _contrast_dir(tmp_path)
+    paths = report.write_report([sweep_run, contrast], tmp_path / "rep")
+    checker = _check_html(paths.html)
+    text = paths.html.read_text()
+    body = text.split("<body>", 1)[1].lstrip()
+    assert body.startswith('<div id="summary">')
+    summary = body[:body.index('<h2 id="contents">')]
+    assert "verdict" in checker.ids and "summary" in checker.ids["verdict"]
+    verdict = summary.split('<div id="verdict">')[1].split('<div id="headline">')[0]
+    assert "Training vs inference: training pushes harder (decided by power)" in verdict
+    assert ("power: training harder, 600 W in training (train/triton/b1) vs 250 W in "
+            "inference (infer/triton/b1).") in verdict
+    assert "heat: not compared (temp_rise_c not measured" in verdict
+    assert "Measured on NVIDIA H100 80GB HBM3 (backend cuda, NVML counters)" in verdict
+    assert "geomean x" in summary and "95% interval" in summary  # the headline table
+    assert "H100" in summary and "backend interpreter" in summary
+    # Every section is linked from the summary and the contents, and every link lands.
+    for anchor in ("contents", "contrast", "results", "op-matmul", "correctness",
+                   "environment"):
+        assert f'href="#{anchor}"' in text and anchor in checker.ids
+    assert f'href="#{"contrast"}"' in summary
+    # Per-op sections lead with the reading and the figure, then the table.
+    op = text.split('<h3 id="op-matmul">')[1]
+    assert op.index("torch geomean over") < op.index("<img") < op.index("<table")
+    # Environment: the key fields in view, the rest folded, and nothing after it.
+    headings = [t for t in checker.order if t not in ("summary", "verdict", "headline",
+                                                      "at-a-glance")]
+    assert headings[-2:] == ["environment", "details"]
+    env = text.split('<h2 id="environment">')[1]
+    assert env.index("git sha") < env.index("<details>") < env.index("schema_version")
+
+    md = paths.markdown.read_text()
+    assert md.startswith("# tritonlab report\n")
+    head = md[:md.index("## Contents")]
+    assert "training pushes harder (decided by power)" in head
+    assert "power: training harder" in head and "geomean x" in head
+    assert "<" not in md.replace("<details>", "").replace("</details>", "").replace(
+        "<summary>", "").replace("</summary>", "")  # GitHub renders it without raw HTML
+    anchors = _md_anchors(md)
+    links = re.findall(r"\]\(#([^)]+)\)", md)
+    assert links and set(links) <= anchors, set(links) - anchors
+    last = md.split("\n## ")[-1]
+    assert last.startswith("Environment") and "<details>" in last
+
+
+def test_interpreter_verdict_is_labelled(sweep_run, tmp_path):
+    contrast = _contrast_dir(tmp_path, backend="interpreter")
+    md = report.write_report([contrast], tmp_path / "rep").markdown.read_text()
+    head = md[:md.index("## Contents")]
+    assert "NOT GPU performance" in head and "training pushes harder" in head
+    assert "No Triton point with a baseline" in head
+
+
+def test_a_section_is_one_entry(sweep_run, tmp_path):
+    """A Section added to the list gets its heading, anchor, contents line and summary link."""
+    from tritonlab.report import outline
+    from tritonlab.report.document import Para, render_html
+
+    extra = outline.Section("extra", "Extra facts", lambda ctx: [Para(f"{len(ctx.runs)} run")])
+    empty = outline.Section("never", "Never shown", lambda ctx: [])
+    run, peaks = report.load_annotated(sweep_run)
+    blocks = outline.build_blocks([run], [peaks], tmp_path,
+                                  [*outline.SECTIONS[:2], extra, empty])
+    page = render_html(blocks, "t")
+    assert '<h2 id="extra">Extra facts</h2>' in page and page.count('href="#extra"') == 2
+    assert "Never shown" not in page
+
+
+def test_geomean_interval():
+    from tritonlab.report.summary import Point, geomean_ci
+
+    def point(speed, spread):
+        base = [speed * 10 * (1 + spread * k) for k in (-1, 0, 1)]
+        return Point("x", "1x1x1", "fwd", "torch", speed, [10.0, 10.0, 10.0], base)
+
+    lo, hi = geomean_ci([point(2.0, 0.01), point(0.5, 0.01)])
+    assert lo <= 1.0 <= hi and hi / lo < 1.05  # the geomean of 2 and 0.5 is 1
+    assert geomean_ci([Point("x", "s", "fwd", "torch", 1.0, [1.0], [1.0, 1.0])]) is None

@@ -180,3 +180,39 @@ def test_speedup_and_phase_plots(tmp_path):
                                                ("energy_j", "never measured")],
                                       title="t", backend="cuda", device="H100",
                                       path=tmp_path / "p.png"))
+
+
+def test_speedup_bars_read_both_ways(tmp_path):
+    """Faster and slower impls, a shape one series lacks: bars either side of parity."""
+    rows = [{**_matmul_row(m, 64, 64), "impl": impl, "mode": mode, "speedup": {"torch": s}}
+            for m, impl, mode, s in ((1, "triton", "fwd", 0.002), (64, "triton", "fwd", 3.0),
+                                     (64, "triton", "infer", 1.0), (1, "tiled", "infer", 0.7))]
+    _decodes(plots.plot_speedups(rows, op="matmul", backend="interpreter", device="cpu",
+                                 path=tmp_path / "s.png"), min_w=400)
+    assert plots._bar_label(0.002) == "1/500x" and plots._bar_label(3.0) == "3x"
+
+
+def test_op_names_never_overprint(tmp_path):
+    """Twelve ops crowded round one intensity: every name placed is clear of the others and
+    of every marker, inside the axes, and the first op is named."""
+    points = [{**_matmul_row(64, 64, 64), "op": f"op{i}", "intensity": 10.0 * 1.02 ** i,
+               "tflops": 1.0 * 1.05 ** i} for i in range(12)]
+    fig, ax = plots._subplots(figsize=(8, 5))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for p in points:
+        ax.plot([p["intensity"]], [p["tflops"]], marker="o", ms=9)
+    ax.set_xlim(1, 100)
+    ax.set_ylim(0.1, 10)
+    colors = {p["op"]: "black" for p in points}
+    placed = plots._label_ops(ax, fig, points, lambda p: p["op"], colors)
+    assert "op0" in [t.get_text() for t in placed]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in placed]
+    frame = ax.get_window_extent(renderer)
+    for i, b in enumerate(boxes):
+        assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+        assert not any(b.overlaps(other) for other in boxes[i + 1:])
+        for p in points:
+            x, y = ax.transData.transform((p["intensity"], p["tflops"]))
+            assert not (b.x0 - 6 < x < b.x1 + 6 and b.y0 - 6 < y < b.y1 + 6)

@@ -11,6 +11,7 @@ from pathlib import Path
 from tritonlab.report.document import Banner, Block, Bullets, Figure, Heading, Para, Table
 from tritonlab.report.plots import NoPoints, plot_phase_bars
 from tritonlab.report.sections import figure_caption, slug
+from tritonlab.report.summary import verdict_lines
 from tritonlab.runs.store import Run
 
 _PHASE_COLUMNS = (
@@ -46,7 +47,7 @@ def contrast(runs: list[Run], fig_dir: Path) -> list[Block]:
     with_contrast = [r for r in runs if r.contrast is not None]
     if not with_contrast:
         return []
-    blocks: list[Block] = [Heading(2, "Training vs inference")]
+    blocks: list[Block] = []
     for run in with_contrast:
         if len(with_contrast) > 1:
             blocks.append(Heading(3, f"Run {run.label}"))
@@ -66,13 +67,8 @@ def contrast(runs: list[Run], fig_dir: Path) -> list[Block]:
                 f"{doc.get('counters', '?')}."))
         verdict = doc.get("verdict") if isinstance(doc.get("verdict"), Mapping) else {}
         if verdict:
-            harder = verdict.get("harder")
-            names = {"train": "training", "infer": "inference", "tie": "neither mode"}
-            head = (f"Verdict: {names.get(harder, harder)} pushes harder" if harder
-                    else "Verdict: undecided")
-            if verdict.get("decided_by"):
-                head += f" (decided by {verdict['decided_by']})"
-            blocks.append(Para(head + "."))
+            head, _ = verdict_lines(doc)
+            blocks.append(Para(f"Verdict: {head}."))
             explanation = [str(x) for x in verdict.get("explanation") or []]
             if explanation:
                 blocks.append(Bullets(explanation))

@@ -129,32 +129,65 @@ def _draw_ceilings(ax, peaks: Peaks | None, keys: list[str], xmin: float,
     return drawn, text
 
 
-def _label_shapes(ax, fig, points) -> None:
-    """Name the shape under its lowest point at each intensity, skipping a label that would
-    overprint one already placed (the report's tables name every point anyway)."""
-    lowest: dict[tuple[str, float], float] = {}
+def _bar_label(v: float) -> str:
+    """A speedup as a bar's caption: "1/480x" below 0.5, "0.83x" or "2.4x" otherwise."""
+    return f"1/{1 / v:,.0f}x" if v < 0.5 else f"{v:.2g}x"
+
+
+def _label_ops(ax, fig, points, series_of, colors) -> list:
+    """Name the op beside its points, in the op's colour, wherever the name overprints no
+    marker, no other name and nothing outside the axes; a name that fits nowhere is left
+    out (the legend and the tables name every point anyway). Each op is named once at its
+    largest point before any op is named a second time, at its other shapes. Returns the
+    names placed (matplotlib annotations)."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed = []
+    pad = 2.0
+    taken = []  # boxes (x0, y0, x1, y1) in pixels: markers and names placed so far
     for p in points:
-        where = (shape_label(p.get("shape")), p["intensity"])
-        lowest[where] = min(lowest.get(where, math.inf), p["tflops"])
-    box = ax.get_position()
-    width_px = box.width * fig.get_figwidth() * fig.dpi
-    height_px = box.height * fig.get_figheight() * fig.dpi
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    px_per_decade_x = width_px / math.log10(x1 / x0)
-    px_per_decade_y = height_px / math.log10(y1 / y0)
-    placed: list[tuple[str, float, float, float]] = []  # text, centre x, y (px), half width
-    for (label, x), y in sorted(lowest.items(), key=lambda kv: (kv[0][1], kv[1])):
-        cx = math.log10(x / x0) * px_per_decade_x
-        cy = math.log10(y / y0) * px_per_decade_y - 14
-        half = 2.9 * len(label)  # 7.5 pt characters are about 5.8 px wide at 110 dpi
-        if any(abs(cx - px) < half + ph + 4 and abs(cy - py) < (60 if text == label else 12)
-               for text, px, py, ph in placed):
-            continue
-        placed.append((label, cx, cy, half))
-        ax.annotate(label, (x, y), xytext=(0, -14), textcoords="offset points",
-                    fontsize=7.5, ha="center", color="0.2", zorder=6,
-                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                          "alpha": 0.7})
+        at = [p["intensity"]] + ([p["unfused_intensity"]]
+                                 if finite(p.get("unfused_intensity")) else [])
+        for intensity in at:  # the point and its unfused cross
+            x, y = ax.transData.transform((intensity, p["tflops"]))
+            taken.append((x - 7, y - 7, x + 7, y + 7))
+    for t in ax.texts:  # the ceilings box and any notice drawn on the axes
+        b = t.get_window_extent(renderer)
+        taken.append((b.x0, b.y0, b.x1, b.y1))
+    anchors: dict[tuple, dict] = {}  # (op, shape) -> the lab kernel's point, else any
+    for p in sorted(points, key=lambda p: p.get("kind", "triton") != "triton"):
+        anchors.setdefault((p["op"], shape_label(p.get("shape"))), p)
+    by_op: dict[str, list[dict]] = {}
+    for p in anchors.values():
+        by_op.setdefault(p["op"], []).append(p)
+    rounds = [sorted(ps, key=lambda p: -(p.get("flops") or 0)) for ps in by_op.values()]
+    queue = [ps[i] for i in range(max(map(len, rounds))) for ps in rounds if i < len(ps)]
+    # clear of the anchor's own marker (9 pt, about 7 px in radius at 110 dpi): beside it,
+    # above or below, then diagonally, then one marker further out
+    offsets = [(d * dx, d * dy, ha, va) for d in (11, 24) for dx, dy, ha, va in
+               ((1, 0, "left", "center"), (-1, 0, "right", "center"),
+                (0, 1, "center", "bottom"), (0, -1, "center", "top"),
+                (1, 1, "left", "bottom"), (1, -1, "left", "top"),
+                (-1, 1, "right", "bottom"), (-1, -1, "right", "top"))]
+    for p in queue:
+        for dx, dy, ha, va in offsets:
+            text = ax.annotate(p["op"], (p["intensity"], p["tflops"]), xytext=(dx, dy),
+                               textcoords="offset pixels", ha=ha, va=va, fontsize=8,
+                               color=colors[series_of(p)], fontweight="bold", zorder=6,
+                               # legible over a roof or a dotted fusion line
+                               bbox={"boxstyle": "square,pad=0.1", "fc": "white",
+                                     "ec": "none", "alpha": 0.8})
+            b = text.get_window_extent(renderer)
+            box = (b.x0 - pad, b.y0 - pad, b.x1 + pad, b.y1 + pad)
+            inside = (b.x0 >= frame.x0 and b.x1 <= frame.x1 and b.y0 >= frame.y0
+                      and b.y1 <= frame.y1)
+            if inside and not any(box[0] < t[2] and t[0] < box[2] and box[1] < t[3]
+                                  and t[1] < box[3] for t in taken):
+                taken.append(box)
+                placed.append(text)
+                break
+            text.remove()
+    return placed
 
 
 def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
@@ -210,15 +243,10 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
                     mew=1.5, zorder=3)
         ax.plot([p["intensity"]], [p["tflops"]], marker=MODE_MARKERS.get(mode, "s"), ms=9,
                 mew=1.8, color=color, mfc=color if training else "white", zorder=4)
-    labelled: dict[tuple[str, float], float] = {}
-    for p in points:  # one label per shape and intensity, under its lowest point
-        where = (shape_label(p.get("shape")), p["intensity"])
-        labelled[where] = min(labelled.get(where, math.inf), p["tflops"])
     ymin = min(ys) / 4
     ymax = max(ys + roofs) * 3
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ymin, ymax)
-    _label_shapes(ax, fig, points)
     ax.grid(True, which="major", color="0.85", lw=0.8)
     ax.grid(True, which="minor", color="0.93", lw=0.5)
     ax.set_xlabel("arithmetic intensity (FLOP/byte of compulsory DRAM traffic)", fontsize=11)
@@ -254,6 +282,7 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
         ax.text(0.5, 0.97, "no ceilings known for this device: run `tritonlab device "
                 "--measure` to measure them", transform=ax.transAxes, ha="center", va="top",
                 fontsize=9, color="firebrick")
+    _label_ops(ax, fig, points, series_of, colors)
     return _save(fig, path)
 
 
@@ -269,9 +298,11 @@ def _ratio_label(v: float) -> str:
 
 def plot_speedups(rows, *, op: str, backend: str, device: str, path) -> Path:
     """Speedup of each implementation over each baseline (``row["speedup"]``: baseline ->
-    baseline time / impl time) against shape, one line per (impl, baseline, mode, dtype);
-    shapes ordered by FLOPs. Raises :class:`NoPoints` when no row has a speedup."""
-    lines: dict[tuple, dict[str, float]] = {}
+    baseline time / impl time) as bars grouped by shape, one bar per (impl, baseline, mode,
+    dtype); shapes ordered by FLOPs. Each bar grows from parity (1x), up when the impl is
+    faster and down when slower, and carries its value, so the figure reads without the axis.
+    Raises :class:`NoPoints` when no row has a speedup."""
+    bars: dict[tuple, dict[str, float]] = {}
     order: dict[str, float] = {}
     for row in rows:
         if row.get("op") != op or row.get("error") is not None:
@@ -282,42 +313,65 @@ def plot_speedups(rows, *, op: str, backend: str, device: str, path) -> Path:
             label = shape_label(row.get("shape"))
             order[label] = min(order.get(label, math.inf), row.get("flops") or 0)
             key = (row.get("impl"), base, row.get("mode"), row.get("dtype"))
-            lines.setdefault(key, {})[label] = ratio
-    if not lines:
+            bars.setdefault(key, {})[label] = ratio
+    if not bars:
         raise NoPoints(f"no speedup to plot for {op} ({device}): no impl was timed beside a "
                        f"baseline")
     shapes = sorted(order, key=lambda s: (order[s], s))
-    xpos = {s: i for i, s in enumerate(shapes)}
-    colors = _colors(sorted(lines))
-    fig, ax = _subplots(figsize=(max(8.0, 1.1 * len(shapes) + 5), 5.5), dpi=110)
+    modes = list(MODE_MARKERS)
+    series = sorted(bars, key=lambda k: (str(k[0]), str(k[1]),
+                                         modes.index(k[2]) if k[2] in modes else 99,
+                                         str(k[3])))
+    colors = _colors(series)
+    width = 0.8 / len(series)
+    fig, ax = _subplots(figsize=(min(4.0 + 0.55 * len(shapes) * len(series), 12.0), 4.6),
+                        dpi=110)
     ax.set_yscale("log", base=2)
-    ax.axhline(1.0, color="0.3", lw=1.2, ls="--", label="parity with the baseline")
+    ax.axhline(1.0, color="0.25", lw=1.2, zorder=3)
     values = [1.0]
-    for key in sorted(lines):
+    several_dtypes = len({k[3] for k in series}) > 1
+    for i, key in enumerate(series):
         impl, base, mode, dtype = key
-        pts = sorted(lines[key].items(), key=lambda kv: xpos[kv[0]])
-        x = [xpos[s] for s, _ in pts]
-        y = [v for _, v in pts]
-        values += y
-        ax.plot(x, y, marker=MODE_MARKERS.get(mode, "s"), ms=8, lw=1.5, color=colors[key],
-                mfc=colors[key] if mode in TRAINING_MODES else "white", mew=1.6,
-                label=f"{impl} vs {base} · {MODE_LABELS.get(mode, mode)} · {dtype}")
+        offset = (i - (len(series) - 1) / 2) * width
+        label = f"{impl} vs {base} · {MODE_LABELS.get(mode, mode)}"
+        if several_dtypes:
+            label += f" · {dtype}"
+        for j, shape in enumerate(shapes):
+            v = bars[key].get(shape)
+            if v is None:
+                continue
+            values.append(v)
+            # a bar from 1x to v: downward (negative height) when slower than the baseline
+            ax.bar(j + offset, v - 1.0, bottom=1.0, width=width * 0.9, color=colors[key],
+                   hatch=None if mode in TRAINING_MODES else "//", edgecolor="white",
+                   lw=0.5, label=label, zorder=2)
+            label = None  # one legend entry per series
+            ax.annotate(_bar_label(v), (j + offset, v), xytext=(0, 2 if v >= 1 else -2),
+                        textcoords="offset points", ha="center",
+                        va="bottom" if v >= 1 else "top", fontsize=7, color="0.2")
     ax.set_xticks(range(len(shapes)))
-    ax.set_xticklabels(shapes, rotation=30, ha="right", fontsize=9)
-    lo, hi = min(values) / 1.4, max(values) * 1.4
+    ax.set_xticklabels(shapes, fontsize=9)
+    ax.set_xlim(-0.5, len(shapes) - 0.5)
+    # room for the value labels beyond the longest bar in each direction
+    lo, hi = min(values) / 6, max(values) * 6
     ax.set_ylim(lo, hi)
     fine = [t for t in _SPEEDUP_TICKS if lo <= t <= hi]
-    # a wide range gets powers of two only, or its labels would overprint each other
+    # a wide range gets powers of four only, or its labels would overprint each other
     ticks = fine if hi / lo <= 8 else [t for t in fine if math.log2(t).is_integer()]
+    if len(ticks) > 9:
+        ticks = [t for t in ticks if math.log2(t) % 2 == 0]
     ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _ratio_label(v)))
-    ax.grid(True, axis="y", color="0.88")
-    ax.set_xlabel("shape (op dimensions, ordered by FLOPs)", fontsize=11)
-    ax.set_ylabel("speedup over baseline (baseline time / impl time)", fontsize=11)
-    ax.set_title(f"{op}: speedup per shape (> 1x = faster than the baseline)\n"
-                 f"{figure_label(backend, device)}", fontsize=12)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    ax.grid(True, axis="y", color="0.88", zorder=0)
+    ax.set_xlabel("shape (op dimensions, ordered by FLOPs)", fontsize=10)
+    ax.set_ylabel("speedup (baseline time / impl time)", fontsize=10)
+    ax.set_title(f"{op}: speedup per shape (bar up = faster than the baseline)\n"
+                 f"{figure_label(backend, device)}", fontsize=11)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8.5,
+              ncol=min(2, len(series)), frameon=False,
+              title="hatched = inference" if any(k[2] not in TRAINING_MODES for k in series)
+              else None, title_fontsize=8.5)
     return _save(fig, path)
 
 

@@ -4,15 +4,14 @@ font or style is fetched from the network).
 
 A report reads run directories (docs/design.md, "The run directory") through
 :func:`tritonlab.runs.store.load_run`: ``manifest.json``, ``results.jsonl``, and, when
-present, ``contrast.json``, ``counters.csv`` and ``timeline.png``. It contains: the
-environment manifests side by side; the ceilings; per op a table of time, TFLOP/s, GB/s, % of
-roofline (against spec and measured ceilings) and speedup per baseline, with a
-speedup-vs-shape plot; one roofline plot per run; a run-to-run comparison when several runs
-are given; the training-vs-inference section when a run has a contrast; the correctness
-summary; static compile facts when rows carry them. Every figure names its backend and
-device, and interpreter runs are marked as not GPU performance.
+present, ``contrast.json``, ``counters.csv`` and ``timeline.png``. It opens on a summary
+(the training-vs-inference verdict, each op's Triton kernel against its best baseline, the
+contrast's regimes, device, backend and date) and the contents, then the sections of
+:data:`tritonlab.report.outline.SECTIONS` in order, environment last. Every figure names its
+backend and device, and interpreter runs are marked as not GPU performance.
 
-The sections are in :mod:`~tritonlab.report.sections` and
+The order is in :mod:`~tritonlab.report.outline`, the summary in
+:mod:`~tritonlab.report.summary`, the sections in :mod:`~tritonlab.report.sections` and
 :mod:`~tritonlab.report.contrast_section`; the document they make is rendered twice
 (Markdown and HTML) by :mod:`~tritonlab.report.document`, so the two files always say the
 same thing.
@@ -23,7 +22,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from tritonlab.errors import UsageError
@@ -31,17 +29,8 @@ from tritonlab.hw import devices
 from tritonlab.hw.devices import Peaks
 from tritonlab.ops import registry
 from tritonlab.ops.contract import DTYPES
-from tritonlab.report import roofline, sections
-from tritonlab.report.contrast_section import contrast
-from tritonlab.report.document import (
-    Banner,
-    Block,
-    Heading,
-    Para,
-    Table,
-    render_html,
-    render_markdown,
-)
+from tritonlab.report import outline, roofline, sections
+from tritonlab.report.document import render_html, render_markdown
 from tritonlab.runs.store import Run, claim_dir, load_run
 
 
@@ -108,32 +97,6 @@ class ReportPaths:
     warnings: list[str]
 
 
-def build_blocks(runs: list[Run], peaks: list[Peaks | None], fig_dir: Path) -> list[Block]:
-    """The whole document; ``peaks`` are the runs' ceilings, in the order of ``runs``."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    blocks: list[Block] = [Heading(1, "tritonlab report"),
-                           Para(f"Generated {now} from {len(runs)} run(s): "
-                                + ", ".join(f"`{r.label}` ({r.backend}, {r.device})"
-                                            for r in runs) + ".")]
-    interp = [r.label for r in runs if not r.is_gpu]
-    if interp:
-        blocks.append(Banner(f"Run(s) {', '.join(interp)} ran on the Triton interpreter on a "
-                             f"CPU: their times show that the kernels run and are correct; "
-                             f"they are NOT GPU performance."))
-    warnings = [w for r in runs for w in r.warnings]
-    if warnings:
-        blocks += [Heading(2, "Warnings"), Table(["warning"], [[w] for w in warnings])]
-    blocks += sections.environment(runs)
-    blocks += sections.ceilings(runs, peaks)
-    blocks += sections.rooflines(runs, peaks, fig_dir)
-    blocks += sections.op_tables(runs, fig_dir)
-    blocks += sections.comparison(runs)
-    blocks += contrast(runs, fig_dir)
-    blocks += sections.correctness(runs)
-    blocks += sections.static_facts(runs)
-    return blocks
-
-
 def default_out_dir(run_dirs: list) -> Path:
     """One run: ``RUN/report``; several: ``report-<first>-vs-<others>`` beside the first."""
     first = Path(run_dirs[0])
@@ -165,7 +128,7 @@ def write_report(run_dirs: Iterable, out_dir=None, *, claim: bool = True) -> Rep
         fig_dir.mkdir(parents=True, exist_ok=True)
         for stale in fig_dir.glob("*.png"):
             stale.unlink()
-        blocks = build_blocks(runs, peaks, fig_dir)
+        blocks = outline.build_blocks(runs, peaks, fig_dir)
         md = out / "report.md"
         md.write_text(render_markdown(blocks, out))
         page = out / "index.html"

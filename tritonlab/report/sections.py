@@ -1,6 +1,7 @@
 """The sections of a report drawn from results rows: environment, ceilings, results per op,
-roofline, runs side by side, correctness and static compile facts. Each returns the blocks
-of its section (none when it has nothing to show)."""
+roofline, runs side by side, correctness and static compile facts. Each returns the body of
+its section, without its heading (none when it has nothing to show):
+:mod:`~tritonlab.report.outline` gives each its heading, anchor and place."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from pathlib import Path
 
 from tritonlab.hw import devices
 from tritonlab.hw.devices import Peaks
-from tritonlab.report.document import Block, Figure, Figures, Heading, Para, Table, cell
+from tritonlab.report.document import (
+    Block,
+    Details,
+    Figure,
+    Figures,
+    Heading,
+    Para,
+    Table,
+    cell,
+)
 from tritonlab.report.plots import (
     NoPoints,
     figure_label,
@@ -19,6 +29,7 @@ from tritonlab.report.plots import (
     plot_speedups,
     shape_label,
 )
+from tritonlab.report.summary import headlines, reading
 from tritonlab.runs.store import Run
 
 
@@ -57,11 +68,33 @@ def _env_cell(value: object) -> object:
     return text[:ENV_CELL_CHARS - 1] + "…"
 
 
+# The fields a reader compares first between runs, shown above the fold: (label, flattened
+# manifest keys tried in order).
+ENV_KEY_FIELDS = (
+    ("device", ("device.name",)), ("backend", ("backend",)),
+    ("driver", ("versions.driver",)), ("CUDA", ("versions.cuda",)),
+    ("torch version", ("versions.torch",)), ("triton version", ("versions.triton",)),
+    ("git sha", ("git.sha",)), ("git dirty", ("git.dirty",)),
+)
+
+
 def environment(runs: list[Run]) -> list[Block]:
+    """The fields compared first (device, driver, versions, git sha, clocks) in view; every
+    manifest field and option folded below them."""
     flats = [_flatten({k: v for k, v in r.manifest.items() if k != "peaks"}) for r in runs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
+    key_rows = []
+    for label, names in ENV_KEY_FIELDS:
+        values = [next((f[n] for n in names if f.get(n) is not None), None) for f in flats]
+        if any(v is not None for v in values):
+            key_rows.append([label, *map(_env_cell, values)])
+    # Clocks are recorded under the device (GPU) or per sample (CPU): whichever it holds.
+    for k in (k for k in keys if "clock" in k.lower()):
+        key_rows.append([k, *[_env_cell(f.get(k)) for f in flats]])
     rows = [[k, *[_env_cell(f.get(k)) for f in flats]] for k in keys]
-    return [Heading(2, "Environment"), Table(["field", *[r.label for r in runs]], rows)]
+    headers = ["field", *[r.label for r in runs]]
+    return [Table(headers, key_rows),
+            Details(f"All manifest fields and options ({len(rows)})", [Table(headers, rows)])]
 
 
 def ceilings(runs: list[Run], peaks: list[Peaks | None]) -> list[Block]:
@@ -69,7 +102,7 @@ def ceilings(runs: list[Run], peaks: list[Peaks | None]) -> list[Block]:
     measured = [(run, p) for run, p in zip(runs, peaks) if run.rows]
     if not measured:
         return []
-    blocks: list[Block] = [Heading(2, "Ceilings")]
+    blocks: list[Block] = []
     table = []
     for run, p in measured:
         for source in ("spec", "measured"):
@@ -103,20 +136,33 @@ def _shape_flops_key(row: Mapping):
     return (row.get("flops") or 0, shape_label(row.get("shape")))
 
 
+def op_anchor(op: str) -> str:
+    return f"op-{slug(op)}"
+
+
 def op_tables(runs: list[Run], fig_dir: Path) -> list[Block]:
+    """Per op: its reading (two lines computed from the data), its speedup figure, then the
+    table of every point, per run."""
     ops = list(dict.fromkeys(r.get("op") for run in runs for r in run.rows if r.get("op")))
     if not ops:
         return []
-    blocks: list[Block] = [Heading(2, "Results per op")]
+    heads = {(h.op, id(h.run)): h for h in headlines(runs)}
+    blocks: list[Block] = []
     for op in ops:
-        blocks.append(Heading(3, str(op)))
-        figures = []
-        for run in runs:
+        blocks.append(Heading(3, str(op), anchor=op_anchor(str(op))))
+        readings: list[Block] = []
+        figures: list[Figure] = []
+        tables: list[Block] = []
+        measured = [run for run in runs if any(r.get("op") == op for r in run.rows)]
+        for run in measured:
             rows = [r for r in run.rows if r.get("op") == op]
-            if not rows:
-                continue
-            if len(runs) > 1:
-                blocks.append(Para(f"Run `{run.label}` ({run.backend}, {run.device})"))
+            prefix = f"Run `{run.label}`: " if len(measured) > 1 else ""
+            head = heads.get((str(op), id(run)))
+            lines = reading(head) if head else [f"{op}: no Triton point with a baseline to "
+                                                f"compare against."]
+            readings += [Para(prefix + line) for line in lines]
+            if len(measured) > 1:
+                tables.append(Para(f"Run `{run.label}` ({run.backend}, {run.device})"))
             baselines = list(dict.fromkeys(b for r in rows for b in (r.get("speedup") or {})))
             rows.sort(key=lambda r: (str(r.get("mode")), str(r.get("dtype")),
                                      _shape_flops_key(r), str(r.get("impl"))))
@@ -130,20 +176,19 @@ def op_tables(runs: list[Run], fig_dir: Path) -> list[Block]:
                               r.get("roofline_bound") or r.get("roofline_bound_measured"),
                               *[speed.get(b) for b in baselines],
                               _correct_cell(r)])
-            blocks.append(Table(["impl", "mode", "dtype", "shape", "ms (median)", "TFLOP/s",
+            tables.append(Table(["impl", "mode", "dtype", "shape", "ms (median)", "TFLOP/s",
                                  "GB/s", "FLOP/B", "% roofline (spec)",
                                  "% roofline (measured)", "bound",
                                  *[f"speedup vs {b}" for b in baselines], "correct"], table))
             path = fig_dir / f"speedup-{slug(str(op))}-{slug(run.label)}.png"
             try:
                 plot_speedups(rows, op=str(op), backend=run.backend,
-                                       device=run.device, path=path)
+                              device=run.device, path=path)
             except NoPoints as exc:
-                blocks.append(Para(f"No speedup plot: {exc}."))
+                readings.append(Para(f"No speedup plot: {exc}."))
             else:
                 figures.append(Figure(path, figure_caption(run, f"{op} speedup per shape")))
-        if figures:
-            blocks.append(Figures(figures))
+        blocks += readings + ([Figures(figures)] if figures else []) + tables
     blocks.append(Para("speedup vs B = time of baseline B / time of this impl at the same "
                        "(mode, dtype, shape): above 1 the impl is faster."))
     return blocks
@@ -159,8 +204,7 @@ def _correct_cell(row: Mapping) -> str:
 def rooflines(runs: list[Run], peaks: list[Peaks | None], fig_dir: Path) -> list[Block]:
     if not any(r.rows for r in runs):
         return []
-    blocks: list[Block] = [Heading(2, "Roofline"),
-                    Para("One point per (op, impl, mode, dtype, shape). Filled markers: "
+    blocks: list[Block] = [Para("One point per (op, impl, mode, dtype, shape). Filled markers: "
                          "training (fwd, bwd, fwd_bwd); hollow: inference (infer). A grey "
                          "cross linked to a point marks the same work at the traffic of the "
                          "unfused chain (ops with a fused path). Solid roofs: datasheet; "
@@ -192,8 +236,7 @@ def comparison(runs: list[Run]) -> list[Block]:
 
     index = [{key(r): r for r in run.rows if r.get("error") is None} for run in runs]
     keys = [k for k in index[0] if any(k in other for other in index[1:])]
-    blocks: list[Block] = [Heading(2, "Runs side by side"),
-                    Para(f"TFLOP/s of the points measured in the first run ({base.label}) and "
+    blocks: list[Block] = [Para(f"TFLOP/s of the points measured in the first run ({base.label}) and "
                          f"at least one other; ratio = other / first (above 1: faster).")]
     if not keys:
         blocks.append(Para("No point was measured in both runs."))
@@ -214,13 +257,11 @@ def comparison(runs: list[Run]) -> list[Block]:
     return blocks
 
 
-# Columns of the phase table and panels of the contrast figure: (phase key, title with unit).
-# Only those some phase has are shown, so GPU (NVML) and CPU contrasts both fit.
 def correctness(runs: list[Run]) -> list[Block]:
     runs = [r for r in runs if r.rows]
     if not runs:
         return []
-    blocks: list[Block] = [Heading(2, "Correctness")]
+    blocks: list[Block] = []
     table, failures = [], []
     for run in runs:
         ok = sum(r.get("correct") is True and not r.get("error") for r in run.rows)
@@ -276,8 +317,7 @@ def static_facts(runs: list[Run]) -> list[Block]:
         return []
     # Points of one kernel and config repeat the same facts: one table row each.
     unique = list({tuple(map(cell, row)): row for row in table}.values())
-    return [Heading(2, "Static compile facts"),
-            Para("What the compiler produced for the Triton kernels (registers per thread, "
+    return [Para("What the compiler produced for the Triton kernels (registers per thread, "
                  "spills in bytes, shared memory per block, resident blocks and occupancy "
                  "per SM, tensor-core instructions in the SASS)."),
             Table(["run", "op", "impl", "dtype", "shape", "arch", "kernel", *_STATIC_FIELDS],

@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 
 from tritonlab.hw.counters import GPM_METRICS, Sampler
 
-# Panels of the PNG: (title, unit label, metrics). A panel with no data says why instead.
+# Panels of the PNG: (title, unit label, metrics).
 NVML_PANELS = (
     ("power", "W", ("power_instant_w", "power_w", "power_limit_w")),
     ("clocks", "MHz", ("sm_clock_mhz", "mem_clock_mhz")),
@@ -54,36 +54,43 @@ def _series(sampler: Sampler, name: str) -> tuple[list[float], list[float]]:
 
 
 def plot_timeline(sampler: Sampler, path: str | Path, *, title: str = "") -> Path:
-    """Write the PNG timeline of a stopped sampler to ``path``; returns the path."""
+    """Write the PNG timeline of a stopped sampler to ``path``; returns the path.
+
+    One panel per group of metrics that has samples, every panel shaded by phase (the colour
+    says the kind: train, infer, idle...; the top panel names the measured phases). Groups
+    with no samples get one line under the title saying why, not an empty panel."""
     path = Path(path)
-    panels = NVML_PANELS if sampler.kind == "nvml" else CPU_PANELS
-    fig = Figure(figsize=(12, 2.3 * len(panels) + 0.8), layout="constrained")
+    groups = NVML_PANELS if sampler.kind == "nvml" else CPU_PANELS
+    series = {name: _series(sampler, name) for _, _, names in groups for name in names}
+    panels = [g for g in groups if any(series[n][0] for n in g[2])]
+    missing = [f"{panel}: " + "; ".join(sorted({sampler.unavailable.get(n, "no samples")
+                                                for n in names}))
+               for panel, unit, names in groups if (panel, unit, names) not in panels]
+    shown = panels or groups[:1]  # an axis to carry the phases even when nothing was sampled
+    fig = Figure(figsize=(12, 1.9 * len(shown) + 1.2), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
     end = max([s["t"] for s in sampler.samples] + [p.end_s or 0.0 for p in sampler.phases]
               + [1e-3])
-    for ax, (panel, unit, names) in zip(axes, panels):
+    for ax, (panel, unit, names) in zip(axes, shown):
         drawn = []
         for name in names:
-            ts, vs = _series(sampler, name)
+            ts, vs = series[name]
             if not ts:
                 continue
             style = "--" if name == "power_limit_w" else "-"
             marker = "o" if name in _GPM else None
-            ax.plot(ts, vs, style, marker=marker, markersize=3, linewidth=1.1, label=name)
+            ax.plot(ts, vs, style, marker=marker, markersize=3, linewidth=1.1, label=name,
+                    zorder=3)
             drawn.append(name)
-        ax.set_ylabel(f"{panel}\n({unit})")
+        ax.set_ylabel(f"{panel}\n({unit})", fontsize=9)
         if drawn:
             ax.legend(loc="upper left", fontsize=7, ncols=min(len(drawn), 5), framealpha=0.8)
-        else:
-            reasons = {sampler.unavailable.get(n, "no samples") for n in names}
-            ax.text(0.5, 0.5, f"{panel}: unavailable ({'; '.join(sorted(reasons))})",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=8, wrap=True)
         ax.grid(alpha=0.3)
         for ph in sampler.phases:
             if ph.end_s is not None:
                 ax.axvspan(ph.start_s, ph.end_s, color=PHASE_COLORS.get(ph.kind, "#eeeeee"),
-                           alpha=0.35, linewidth=0)
+                           alpha=0.45, linewidth=0, zorder=0)
     top = axes[0]
     for ph in sampler.phases:
         if ph.end_s is not None and ph.kind in ("idle", "train", "infer", "point"):
@@ -92,11 +99,16 @@ def plot_timeline(sampler: Sampler, path: str | Path, *, title: str = "") -> Pat
                      fontsize=7)
     kinds = list(dict.fromkeys(ph.kind for ph in sampler.phases))
     if kinds:
-        fig.legend(handles=[Patch(color=PHASE_COLORS.get(k, "#eeeeee"), alpha=0.5, label=k)
-                            for k in kinds], loc="lower right", ncols=len(kinds), fontsize=8)
+        # below the time axis ("outside"), where it cannot cover a curve or the axis label
+        fig.legend(handles=[Patch(color=PHASE_COLORS.get(k, "#eeeeee"), alpha=0.6, label=k)
+                            for k in kinds], loc="outside lower center", ncols=len(kinds),
+                   fontsize=8, title="phase (shaded)", title_fontsize=8)
     axes[-1].set_xlabel("time since the sampler started (s)")
     axes[-1].set_xlim(0, end)
-    fig.suptitle(title or f"counters ({sampler.kind})", fontsize=10)
+    heading = title or f"counters ({sampler.kind})"
+    if missing:
+        heading += "\nnot sampled: " + " · ".join(missing)
+    fig.suptitle(heading, fontsize=10)
     fig.savefig(path, dpi=110)
     return path
 
