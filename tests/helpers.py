@@ -3,6 +3,10 @@ independent count of the DRAM bytes an eager chain moves, and a toy op for harne
 
 from __future__ import annotations
 
+import subprocess
+import time
+
+import pytest
 import torch
 
 from tritonlab import backend
@@ -116,3 +120,16 @@ class DoubleOp(OpSpec):
 
     def output_dtypes(self, dtype, mode):
         return self.output_dtype or dtype
+
+
+def wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    """Poll ``cond`` until it holds; fail with ``proc``'s stderr if the process ends first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"process ended (rc {proc.returncode}) before {what}: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    pytest.fail(f"not {what} after {timeout} s")

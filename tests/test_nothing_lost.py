@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT
+from helpers import wait_for
 
 from tritonlab import backend
 from tritonlab.cli import cli
@@ -38,16 +39,6 @@ def _start(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"process ended (rc {proc.returncode}) before {what}: "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.02)
-    pytest.fail(f"not {what} after {timeout} s")
 
 
 def _lock_holder(run: Path) -> str | None:
@@ -145,7 +136,7 @@ def test_claim_dir_accepts_only_new_empty_or_its_own_directories(tmp_path):
 def test_a_second_process_on_a_run_directory_exits_2_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     first = _start(*SWEEP, "--budget", "0.3", "--out", str(out))
-    _wait_for(lambda: _lock_holder(out) == str(first.pid), first, "it locked its run")
+    wait_for(lambda: _lock_holder(out) == str(first.pid), first, "it locked its run")
     fresh = _start(*SWEEP, "--out", str(out))
     resume = _start(*SWEEP, "--out", str(out), "--resume")
     for second in (fresh, resume):
@@ -172,7 +163,7 @@ def test_a_sweep_killed_at_random_moments_resumes_without_losing_or_repeating_a_
     kept: dict = {}
     for i, sig in enumerate((signal.SIGINT, signal.SIGTERM, signal.SIGKILL)):
         p = _start(*args, *(("--resume",) if i else ()))
-        _wait_for(lambda p=p: _lock_holder(out) == str(p.pid), p, "it locked its run")
+        wait_for(lambda p=p: _lock_holder(out) == str(p.pid), p, "it locked its run")
         time.sleep(rng.uniform(0.0, 2.5))
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
@@ -202,7 +193,7 @@ def test_a_sweep_killed_at_random_moments_resumes_without_losing_or_repeating_a_
 def test_a_sweep_stopped_before_its_first_point_exits_130(tmp_path, sig):
     out = tmp_path / "run"
     p = _start(*SWEEP, "--out", str(out))
-    _wait_for(lambda: (out / store.MANIFEST).is_file(), p, "it wrote its manifest")
+    wait_for(lambda: (out / store.MANIFEST).is_file(), p, "it wrote its manifest")
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()
@@ -224,7 +215,7 @@ def test_an_interrupted_contrast_keeps_its_phases_and_resumes(tmp_path):
             return []
 
     p = _start(*args)
-    _wait_for(lambda: len(measured()) >= 1, p, "it measured a phase")
+    wait_for(lambda: len(measured()) >= 1, p, "it measured a phase")
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()

@@ -10,14 +10,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 from conftest import ROOT, run_cli
-from helpers import DEVICE, DoubleOp
+from helpers import DEVICE, DoubleOp, wait_for
 from torch.utils.flop_counter import FlopCounterMode
 
 from tritonlab import backend
@@ -333,15 +332,8 @@ def test_results_reader_skips_a_truncated_last_line_and_rejects_corruption(tmp_p
 # ----------------------------------------------------------------- resume, Ctrl-C, crash
 
 def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"sweep ended (rc {proc.returncode}) before writing {n} rows: "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    pytest.fail(f"no {n} rows after {timeout} s")
+    wait_for(lambda: path.exists() and path.read_bytes().count(b"\n") >= n, proc,
+             f"writing {n} rows", timeout)
 
 
 def _start(*args: str) -> subprocess.Popen:
