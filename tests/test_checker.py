@@ -33,6 +33,15 @@ DEGENERATE_TRITON = [mnk(*s) for s in ((1, 1, 1), (64, 1, 1), (1, 64, 1), (1, 1,
                                        (13, 7, 3))]
 
 
+def _degenerate(op, triton: bool) -> list:
+    """The degenerate shapes of an op: the (M, N, K) lists above for the GEMM family, the
+    op's own ``edge`` preset for ops with other dims (attention's heads and lengths)."""
+    if op.dims == ("M", "N", "K"):
+        return DEGENERATE_TRITON if triton else DEGENERATE
+    assert "edge" in op.presets, f"{op.name} has dims {op.dims} and no edge preset"
+    return op.presets["edge"]
+
+
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -74,13 +83,13 @@ def test_linear_bwd_reducing_over_m_into_one_element_passes():
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_every_op_baseline_passes_at_degenerate_shapes(name):
     op = OPS[name]
-    assert _failures(op, op.baselines, DEGENERATE, seeds=3) == []
+    assert _failures(op, op.baselines, _degenerate(op, False), seeds=3) == []
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_every_op_triton_impl_passes_at_degenerate_shapes(name):
     op = OPS[name]
-    assert _failures(op, op.triton_impls, DEGENERATE_TRITON, seeds=1) == []
+    assert _failures(op, op.triton_impls, _degenerate(op, True), seeds=1) == []
 
 
 # ------------------------------------------------------------------ wrong code fails
@@ -90,7 +99,8 @@ def _wrapped(impl: Impl, edit) -> Impl:
     """``impl`` with ``edit(outputs)`` applied to what each run returns."""
     def build(inputs, mode):
         run = impl.build(inputs, mode)
-        return lambda: edit(tuple(t.detach().clone() for t in run()))
+        return lambda: edit(tuple(t.detach().clone(memory_format=torch.contiguous_format)
+                                  for t in run()))
     return Impl("edited", impl.kind, build, modes=impl.modes, dtypes=impl.dtypes,
                 backends=impl.backends)
 
@@ -112,7 +122,7 @@ def test_a_one_percent_error_in_one_element_of_any_output_fails(name):
     op = OPS[name]
     torch_impl = op.impl("torch")
     be = backend.current()
-    for shape in (op.presets["tiny"][0], mnk(64, 1, 1)):
+    for shape in (op.presets["tiny"][0], _degenerate(op, False)[1]):
         for mode in op.modes:
             for dtype in _dtypes(op):
                 inputs = op.make_inputs(shape, dtype, be.device, 0)

@@ -149,6 +149,11 @@ def test_every_op_formula_matches_the_flop_counter_on_its_baselines(op_name):
     shape = dict(op.presets["tiny"][0]) if "tiny" in op.presets else None
     if shape is None:
         pytest.skip(f"{op_name} has no tiny preset")
+    if "mask" in op.tags:
+        pytest.skip("attention counts only unmasked (query, key) pairs and the backward's "
+                    "recomputed S, as FlashAttention does; FlopCounterMode on the eager chain "
+                    "counts neither (tests/test_attention.py checks the formula against "
+                    "flop_counter's SDPA formulas and the mask itself)")
     dtype = torch.float32 if torch.float32 in op.dtypes else op.dtypes[0]
     compared = 0
     for mode in op.modes:

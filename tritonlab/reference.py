@@ -66,6 +66,37 @@ def eager_rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: tor
     return F.linear(rms_norm(x, norm_weight, eps), weight, bias)
 
 
+def causal_mask(seq_q: int, seq_k: int, device: torch.device | str | None = None
+                ) -> torch.Tensor:
+    """(seq_q, seq_k) bool, True where query i sees key j: j <= i + seq_k - seq_q (queries
+    aligned to the end of the keys, as a prompt chunk attends to its cached prefix)."""
+    i = torch.arange(seq_q, device=device)[:, None]
+    j = torch.arange(seq_k, device=device)[None, :]
+    return j <= i + (seq_k - seq_q)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, causal: bool,
+                    scale: float | None = None) -> torch.Tensor:
+    """P = softmax(Q K^T * scale + mask), materialised, for q (B, H, Sq, D) and k
+    (B, H_kv, Sk, D) with H a multiple of H_kv (each KV head repeated for its query
+    heads, as eager Llama code does). The softmax runs in fp32 (float64 stays float64) and
+    P is rounded back to q's dtype."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if causal:
+        s = s.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.softmax(s.to(work), dim=-1).to(q.dtype)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    scale: float | None = None) -> torch.Tensor:
+    """softmax(Q K^T * scale + mask) V with the S x S matrix materialised
+    (:func:`attention_probs`), the eager attention of a model without a fused kernel."""
+    return attention_probs(q, k, causal, scale) @ v.repeat_interleave(
+        q.shape[1] // v.shape[1], dim=1)
+
+
 def ffn_block(x: torch.Tensor, params: dict[str, torch.Tensor], activation: str = "silu",
               eps: float = EPS) -> torch.Tensor:
     """The workloads' feed-forward block with its residual, in x's dtype (float64 tensors

@@ -27,6 +27,7 @@ activation="relu", ...)``). Its methods are the formulas:
 * ``output_dtypes(dtype, mode)``: the dtype of each output (default: the input dtype).
 * ``compile_targets(dtype)``: the kernels and launches ``tritonlab inspect`` compiles
   (:class:`tritonlab.kernels.tuning.CompileTarget`); empty by default.
+* ``shape_error(shape)``: why a shape the user typed is invalid for the op, or None.
 
 How an implementation runs a mode
 ---------------------------------
@@ -161,6 +162,40 @@ def compile_baseline(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=False)
 
 
+def autograd_builder(forward: Callable[..., torch.Tensor], names: Sequence[str]
+                     ) -> Callable[[Inputs, str], Callable[[], Outputs]]:
+    """An ``Impl.build`` for a differentiable op from ``forward(*operands) -> y``, where the
+    operands are ``inputs[name]`` for each of ``names`` (None for a name the inputs lack)
+    and ``inputs["grad"]`` is the output gradient. fwd returns (y,); bwd runs the backward
+    of a forward done at build time (retain_graph, so run() repeats); fwd_bwd returns y and
+    the gradients; infer runs the forward under torch.inference_mode. The training modes use
+    autograd leaves sharing the inputs' storage (and strides)."""
+    def build(inputs: Inputs, mode: str) -> Callable[[], Outputs]:
+        ops = [inputs.get(name) for name in names]
+        if mode != "infer":
+            ops = [t.detach().requires_grad_() if t is not None else None for t in ops]
+        leaves = tuple(t for t in ops if t is not None)
+        grad = inputs["grad"]
+        if mode == "infer":
+            def run():
+                with torch.inference_mode():
+                    return (forward(*ops),)
+        elif mode == "fwd":
+            def run():
+                return (forward(*ops),)
+        elif mode == "bwd":
+            y = forward(*ops)
+
+            def run():
+                return torch.autograd.grad(y, leaves, grad, retain_graph=True)
+        else:
+            def run():
+                y = forward(*ops)
+                return (y, *torch.autograd.grad(y, leaves, grad))
+        return run
+    return build
+
+
 class OpSpec:
     """What one op declares; see the module docstring for the attributes and the methods.
 
@@ -245,6 +280,11 @@ class OpSpec:
     def compile_targets(self, dtype: torch.dtype) -> list:
         """What ``tritonlab inspect`` compiles (see :mod:`tritonlab.static`)."""
         return []
+
+    def shape_error(self, shape: Shape) -> str | None:
+        """Why ``shape`` is not a valid problem for this op (e.g. heads that do not divide),
+        or None. The CLI refuses such a shape with exit 2 before anything runs."""
+        return None
 
     # ------------------------------------------------------------------- derived
 

@@ -21,6 +21,7 @@ from tritonlab.kernels.linear import FWD_LAST, KERNELS, SAVES_DACT, acc_dtype, d
 from tritonlab.ops.contract import (
     Impl,
     OpSpec,
+    autograd_builder,
     compile_baseline,
     reduction_tolerance,
     term_rss,
@@ -245,40 +246,9 @@ class LinearOp(OpSpec):
         return targets
 
 
-def _operands(inputs, mode):
-    """(x, weight, bias, leaves): autograd leaves sharing the inputs' storage for the
-    training modes, the tensors themselves for infer."""
-    ops = [inputs["x"], inputs["weight"], inputs.get("bias")]
-    if mode != "infer":
-        ops = [t.detach().requires_grad_() if t is not None else None for t in ops]
-    return (*ops, tuple(t for t in ops if t is not None))
-
-
 def _builder(forward):
-    """An Impl.build from ``forward(x, weight, bias) -> y`` with autograd: fwd returns (y,),
-    bwd runs the backward of a forward done here (retain_graph, so run() repeats), fwd_bwd
-    both, infer the forward under torch.inference_mode."""
-    def build(inputs, mode):
-        x, w, b, leaves = _operands(inputs, mode)
-        grad = inputs["grad"]
-        if mode == "infer":
-            def run():
-                with torch.inference_mode():
-                    return (forward(x, w, b),)
-        elif mode == "fwd":
-            def run():
-                return (forward(x, w, b),)
-        elif mode == "bwd":
-            y = forward(x, w, b)
-
-            def run():
-                return torch.autograd.grad(y, leaves, grad, retain_graph=True)
-        else:
-            def run():
-                y = forward(x, w, b)
-                return (y, *torch.autograd.grad(y, leaves, grad))
-        return run
-    return build
+    """An Impl.build from ``forward(x, weight, bias) -> y`` (see ``autograd_builder``)."""
+    return autograd_builder(forward, ("x", "weight", "bias"))
 
 
 SPECS = [

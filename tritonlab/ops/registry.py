@@ -84,7 +84,11 @@ def parse_shape(text: str, op: OpSpec) -> Shape:
     bad = [f"{d}={v}" for d, v in zip(dims, values) if v <= 0]
     if bad:
         raise UsageError(f"shape {text!r}: dimensions must be positive ({', '.join(bad)})")
-    return dict(zip(dims, values))
+    shape = dict(zip(dims, values))
+    why = op.shape_error(shape)
+    if why:
+        raise UsageError(f"shape {text!r} is not valid for {op.name}: {why}")
+    return shape
 
 
 def parse_preset(name: str, op: OpSpec) -> list[Shape]:
