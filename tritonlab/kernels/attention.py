@@ -401,41 +401,52 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 
 def fwd_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
                 ) -> list[triton.Config]:
-    """Forward candidates. BLOCK_M rows of queries stay in registers (Q tile and the fp32
-    accumulator, BLOCK_M x HEAD_DIM each), so the tile shrinks as the head grows; 128-row
-    tiles with 8 warps give Hopper's wgmma two warpgroups of 64 rows. The first entry is the
-    default (spill-free on sm_80 and sm_90a, see docs/attention.md)."""
+    """Forward candidates. BLOCK_M rows of queries stay in registers (the Q tile and the
+    fp32 accumulator, BLOCK_M x HEAD_DIM each), so the tiles shrink as the head grows;
+    128-row tiles take 8 warps (on Hopper, two warpgroups of 64 rows for wgmma). The first
+    entry is the default. Every entry of every list (head dims 64, 128 and 256; 32 needs
+    fewer registers than 64) was compiled spill-free for its architecture, sm_80 or sm_90a,
+    with ``tritonlab inspect`` (docs/attention.md)."""
     if head_dim >= 256:
-        return [_cfg(64, 32, 4, 2), _cfg(64, 64, 8, 2), _cfg(128, 32, 8, 2)]
+        return [_cfg(32, 64, 4, 2), _cfg(64, 64, 8, 2)]
+    if head_dim <= 64:
+        return [_cfg(128, 128, 8, 3)] + ([_cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4)]
+                                         if capability[0] >= 9 else [_cfg(64, 64, 4, 3)])
     if capability[0] >= 9:
-        return [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3),
-                _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 4), _cfg(128, 32, 4, 4)]
-    return [_cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 3),
-            _cfg(64, 32, 4, 4)]
+        return [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 8, 2),
+                _cfg(64, 64, 4, 3)]
+    return [_cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 3), _cfg(32, 128, 8, 2)]
 
 
 def dkdv_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
                  ) -> list[triton.Config]:
-    """dK/dV candidates: a wide key block (BLOCK_N rows of K, V, dK, dV live in registers)
-    and a narrow query block streamed through it."""
+    """dK/dV candidates: a key block (K, V and the fp32 dK, dV accumulators, BLOCK_N x
+    HEAD_DIM each, live in registers for the whole kernel) and a narrow query block streamed
+    through it. At head_dim 128 that is four BLOCK_N x 128 tiles held by every thread: only
+    8 warps over 64-key blocks (or 128-key blocks with 16-query steps on Hopper) stay
+    spill-free on both architectures."""
     if head_dim >= 256:
-        return [_cfg(32, 64, 4, 2), _cfg(16, 64, 4, 2), _cfg(32, 32, 4, 2)]
+        return [_cfg(16, 16, 4, 2), _cfg(16, 32, 8, 2)]
+    if head_dim <= 64:
+        return [_cfg(32, 128, 8, 2)] + ([_cfg(32, 64, 4, 3), _cfg(64, 64, 8, 2)]
+                                        if capability[0] >= 9 else [])
     if capability[0] >= 9:
-        return [_cfg(64, 128, 8, 2), _cfg(32, 128, 4, 3), _cfg(64, 64, 4, 3),
-                _cfg(32, 64, 4, 4)]
-    return [_cfg(32, 128, 4, 3), _cfg(32, 64, 4, 4), _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 2)]
+        return [_cfg(32, 64, 8, 2), _cfg(16, 128, 8, 2)]
+    return [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 2)]
 
 
 def dq_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
                ) -> list[triton.Config]:
-    """dQ candidates: a wide query block (Q, dO and the dQ accumulator in registers) and a
-    narrow key block streamed through it."""
+    """dQ candidates: a query block (Q, dO and the dQ accumulator in registers) and a
+    key block streamed through it."""
     if head_dim >= 256:
-        return [_cfg(64, 32, 4, 2), _cfg(64, 16, 4, 2), _cfg(32, 32, 4, 2)]
+        return [_cfg(32, 32, 4, 2)] + ([_cfg(64, 16, 4, 2)] if capability[0] >= 9 else [])
+    if head_dim <= 64:
+        return [_cfg(128, 32, 4, 3)] + ([_cfg(128, 64, 8, 2), _cfg(64, 64, 4, 3)]
+                                        if capability[0] >= 9 else [])
     if capability[0] >= 9:
-        return [_cfg(128, 64, 8, 2), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3),
-                _cfg(64, 32, 4, 4)]
-    return [_cfg(128, 32, 4, 3), _cfg(64, 32, 4, 4), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2)]
+        return [_cfg(128, 64, 8, 2), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)]
+    return [_cfg(64, 32, 4, 3), _cfg(64, 64, 8, 2), _cfg(32, 64, 8, 2)]
 
 
 def delta_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int

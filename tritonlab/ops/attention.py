@@ -244,7 +244,11 @@ class AttentionOp(OpSpec):
         and 8 KV heads, sequence 4096, head dim 128): Q, K and V strided views of
         (B, S, heads, D) projections, O, dO and the gradients contiguous; ``infer`` is the
         forward without the log-sum-exp store."""
-        h, kvh, s, d = _LLAMA_H, _LLAMA_KVH, 4096, _LLAMA_D
+        return self.targets_for(dtype, _LLAMA_D)
+
+    def targets_for(self, dtype: torch.dtype, d: int) -> list:
+        """``compile_targets`` at head dim ``d`` (for inspecting the other head dims)."""
+        h, kvh, s = _LLAMA_H, _LLAMA_KVH, 4096
         kernels = KERNELS[d]
 
         def proj(name, n):   # (B, S, n, D) viewed as (B, n, S, D)
@@ -256,12 +260,12 @@ class AttentionOp(OpSpec):
             return {f"stride_{name}b": n * s * d, f"stride_{name}h": s * d,
                     f"stride_{name}{row}": d, f"stride_{name}d": 1}
 
-        scalars = dict(H=h, GROUP=h // kvh, SEQ_Q=s, SEQ_K=s, qk_scale=0.1275, HEAD_DIM=d,
+        scalars = dict(H=h, GROUP=h // kvh, SEQ_Q=s, SEQ_K=s, qk_scale=1.4427 * d ** -0.5, HEAD_DIM=d,
                        CAUSAL=self.causal, INPUT_PRECISION="ieee")
         qkv = {**proj("q", h), **proj("k", kvh), **proj("v", kvh)}
         fwd = dict(scalars, **qkv, **dense("o", h, "m"), lse_ptr=torch.float32)
         bwd = dict(scalars, **qkv, **dense("do", h, "m"), lse_ptr=torch.float32,
-                   delta_ptr=torch.float32, sm_scale=0.0884)
+                   delta_ptr=torch.float32, sm_scale=d ** -0.5)
         return [
             kernels["fwd"].compile_target("fwd", dtype, dict(fwd, STORE_LSE=True)),
             kernels["fwd"].compile_target("infer", dtype, dict(fwd, STORE_LSE=False,
