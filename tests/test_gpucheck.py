@@ -96,8 +96,8 @@ def pytest_args(argv):
 
 def test_default_steps_fit_eight_minutes_and_run_the_right_commands(tmp_path):
     names = [s.name for s in gpucheck.STEPS]
-    assert names == ["nvidia-smi", "pytest-gpu", "pytest-cuda-lane", "sweep-quick", "contrast",
-                     "report"]
+    assert names == ["nvidia-smi", "pytest-gpu", "pytest-cuda-lane", "sweep-quick",
+                     "sweep-attention", "contrast", "report"]
     assert sum(s.budget_s for s in gpucheck.STEPS) <= gpucheck.TOTAL_BUDGET_S <= 480
     pytest_argv = _step("pytest-gpu").argv(tmp_path)
     assert pytest_argv[:5] == ["env", "TRITONLAB_AUTOTUNE=0", sys.executable, "-m", "pytest"]
@@ -113,10 +113,14 @@ def test_default_steps_fit_eight_minutes_and_run_the_right_commands(tmp_path):
     assert ["--backend", "cuda", "sweep"] == sweep_argv[3:6]
     assert sweep_argv[sweep_argv.index("--preset") + 1] == "quick"
     assert sweep_argv[sweep_argv.index("--out") + 1] == str(tmp_path / "sweep-quick")
+    attention_argv = _step("sweep-attention").argv(tmp_path)
+    assert attention_argv[3:8] == ["--backend", "cuda", "sweep", "attention", "decode_attention"]
+    assert attention_argv[attention_argv.index("--out") + 1] == str(tmp_path / "sweep-attention")
     contrast_argv = _step("contrast").argv(tmp_path)
     assert contrast_argv[3:6] == ["--backend", "cuda", "contrast"]
     report_argv = _step("report").argv(tmp_path)
-    assert report_argv[6:8] == [str(tmp_path / "sweep-quick"), str(tmp_path / "contrast")]
+    assert report_argv[6:9] == [str(tmp_path / "sweep-quick"), str(tmp_path / "sweep-attention"),
+                                str(tmp_path / "contrast")]
 
 
 def _junit(path, tests, failures=0, errors=0, skipped=0):

@@ -229,8 +229,8 @@ def verify_pytest(xml_name: str) -> Verify:
     return verify
 
 
-def _verify_sweep(out: Path) -> tuple[bool, dict]:
-    run = out / "sweep-quick"
+def _verify_sweep(out: Path, name: str = "sweep-quick") -> tuple[bool, dict]:
+    run = out / name
     manifest = json.loads((run / "manifest.json").read_text())
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()
             if line.strip()]
@@ -296,6 +296,22 @@ def _sweep_argv(out: Path) -> list[str]:
                 "--out", str(out / "sweep-quick"), "--json")
 
 
+# Attention against SDPA's FlashAttention-2 and memory-efficient backends (the targets of
+# docs/attention.md), at the quick preset's Llama-3-8B heads.
+ATTENTION_OPS = ("attention", "decode_attention")
+
+
+def _attention_argv(out: Path) -> list[str]:
+    return _cli("sweep", *ATTENTION_OPS, "--preset", "quick", "--dtype", "bfloat16",
+                "--mode", "infer", "--mode", "fwd_bwd", "--mode", "bwd",
+                "--impl", "triton", "--impl", "sdpa_flash", "--impl", "sdpa_efficient",
+                "--budget", "0.3", "--out", str(out / "sweep-attention"), "--json")
+
+
+def _verify_attention(out: Path) -> tuple[bool, dict]:
+    return _verify_sweep(out, "sweep-attention")
+
+
 def _contrast_argv(out: Path) -> list[str]:
     return _cli("contrast", "--model-size", "large", "--batch", "1", "--batch", "256",
                 "--batch", "4096", "--duration", "3", "--warmup", "1", "--idle", "3",
@@ -303,25 +319,28 @@ def _contrast_argv(out: Path) -> list[str]:
 
 
 def _report_argv(out: Path) -> list[str]:
-    return _cli("report", str(out / "sweep-quick"), str(out / "contrast"),
+    return _cli("report", str(out / "sweep-quick"), str(out / "sweep-attention"),
+                str(out / "contrast"),
                 "-o", str(out / "report"))
 
 
 # The run directories the steps write (replaced by the next check into the same DIR).
-RUN_DIRS = ("sweep-quick", "contrast", "report")
+RUN_DIRS = ("sweep-quick", "sweep-attention", "contrast", "report")
 
 STEPS: list[Step] = [
     Step("nvidia-smi", 10, lambda out: ["nvidia-smi"], "the GPU, driver and clocks"),
-    Step("pytest-gpu", 130, _pytest_gpu_argv,
+    Step("pytest-gpu", 115, _pytest_gpu_argv,
          "pytest -m gpu: compiled kernels incl. bfloat16, autotune, CUDA timer, sweep on CUDA",
          verify_pytest("pytest-gpu.xml")),
-    Step("pytest-cuda-lane", 70, _cuda_lane_argv, "the CPU lane's matmul and linear tests "
+    Step("pytest-cuda-lane", 60, _cuda_lane_argv, "the CPU lane's matmul and linear tests "
          "under the cuda backend", verify_pytest("pytest-cuda-lane.xml")),
-    Step("sweep-quick", 140, _sweep_argv, "a quick bf16 sweep of every op family into "
+    Step("sweep-quick", 115, _sweep_argv, "a quick bf16 sweep of every GEMM-family op into "
          "sweep-quick/", _verify_sweep),
-    Step("contrast", 80, _contrast_argv, "a short training-vs-inference contrast (Llama-3-8B "
+    Step("sweep-attention", 70, _attention_argv, "flash and decode attention against SDPA's "
+         "flash and efficient backends into sweep-attention/", _verify_attention),
+    Step("contrast", 70, _contrast_argv, "a short training-vs-inference contrast (Llama-3-8B "
          "FFN) into contrast/", _verify_contrast),
-    Step("report", 25, _report_argv, "the report of the sweep and the contrast into report/",
+    Step("report", 20, _report_argv, "the report of the sweep and the contrast into report/",
          _verify_report),
 ]
 
