@@ -15,7 +15,7 @@ from torch.utils import flop_counter
 
 from tritonlab import backend
 from tritonlab.cli import cli
-from tritonlab.kernels import attention
+from tritonlab.kernels import attention, decode_attention
 from tritonlab.ops import registry
 from tritonlab.ops.attention import causal_pairs
 from tritonlab.reference import causal_mask, eager_attention
@@ -122,6 +122,42 @@ def test_chunked_prefill_equals_the_rows_of_the_whole_sequence(device):
     whole = attention(q, k, v, causal=True)
     chunk = attention(q[:, :, 29:], k, v, causal=True)
     torch.testing.assert_close(chunk, whole[:, :, 29:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_decode_equals_the_last_row_of_causal_attention(paged, device):
+    """One decode step over a cache holding each sequence's keys gives the last row of
+    causal attention over that sequence: ragged lengths, GQA 4, a shuffled block table."""
+    g = torch.Generator().manual_seed(21)
+    h, kvh, d, lengths = 8, 2, 32, (37, 1, 20)
+    block = 8
+    blocks_per_seq = -(-max(lengths) // block)
+    n_blocks = len(lengths) * blocks_per_seq + 2
+    perm = torch.randperm(n_blocks, generator=g)
+    table = perm[:len(lengths) * blocks_per_seq].view(len(lengths), blocks_per_seq)
+    if paged:
+        k_cache = torch.full((n_blocks, block, kvh, d), math.nan, device=device)
+        v_cache = torch.full_like(k_cache, math.nan)
+    else:
+        k_cache = torch.full((len(lengths), max(lengths), kvh, d), math.nan, device=device)
+        v_cache = torch.full_like(k_cache, math.nan)
+    q_last, rows = [], []
+    for b, n in enumerate(lengths):
+        q, k, v = (_heads(1, heads, n, d, torch.float32, device, g)
+                   for heads in (h, kvh, kvh))
+        rows.append(attention(q, k, v, causal=True)[0, :, -1])
+        q_last.append(q[0, :, -1])
+        for pos in range(n):
+            if paged:
+                page, slot = int(table[b, pos // block]), pos % block
+                k_cache[page, slot], v_cache[page, slot] = k[0, :, pos], v[0, :, pos]
+            else:
+                k_cache[b, pos], v_cache[b, pos] = k[0, :, pos], v[0, :, pos]
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    out = decode_attention(torch.stack(q_last), k_cache, v_cache, seqlens,
+                           block_table=table.to(device=device, dtype=torch.int32)
+                           if paged else None)
+    torch.testing.assert_close(out, torch.stack(rows), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("layouts", [("bhsd", "bhds", "bshd"), ("bhds", "bshd", "bhds")])

@@ -14,7 +14,7 @@ from helpers import DEVICE, assert_close_to_reference
 
 import tritonlab.kernels as kernels
 from tritonlab.kernels import Linear, linear, matmul
-from tritonlab.reference import eager_linear
+from tritonlab.reference import eager_attention, eager_linear
 
 # The module, not the function of the same name that tritonlab.kernels exports.
 matmul_module = importlib.import_module("tritonlab.kernels.matmul")
@@ -72,6 +72,14 @@ BEHAVIOUR = {
     "gated_mlp": ("raises", dict(x=(M, K), w_gate=(N, K), w_up=(N, K), norm_weight=(K,)),
                   lambda t: kernels.gated_mlp(t["x"], t["w_gate"], t["w_up"],
                                               norm_weight=t["norm_weight"])),
+    "attention": ("grad", dict(q=(1, 4, N, 32), k=(1, 2, M, 32), v=(1, 2, M, 32)),
+                  lambda t: _all(kernels.attention(t["q"], t["k"], t["v"], causal=True), t),
+                  lambda t: eager_attention(t["q"], t["k"], t["v"], True)),
+    "decode_attention": ("raises", dict(q=(2, 4, 32), k_cache=(2, M, 2, 32),
+                                        v_cache=(2, M, 2, 32)),
+                         lambda t: kernels.decode_attention(
+                             t["q"], t["k_cache"], t["v_cache"],
+                             torch.tensor([M, 5], dtype=torch.int32, device=DEVICE))),
     "rmsnorm_linear": ("raises", dict(x=(M, K), norm_weight=(K,), weight=(N, K), bias=(N,)),
                        lambda t: kernels.rmsnorm_linear(t["x"], t["norm_weight"], t["weight"],
                                                         EPS, bias=t["bias"])),

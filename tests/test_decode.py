@@ -201,7 +201,7 @@ def test_k_slices_follow_the_sm_count(monkeypatch):
     """On CUDA the split targets two programs per SM; 256-element slices; one slice when the
     column tiles alone fill the GPU. (The SM count is faked: no GPU is needed for the rule.)"""
     sms = 132
-    monkeypatch.setattr(sk, "_sm_count", lambda index: sms)
+    monkeypatch.setattr(sk, "sm_count", lambda index: sms)
     cuda = torch.device("cuda", 0)
     for n, k in [(4096, 4096), (1024, 4096), (4096, 14336), (14336, 4096), (128, 4096)]:
         k_split = sk.choose_k_split(1, n, k, cuda)

@@ -494,8 +494,10 @@ def test_op_without_triton_implementation(monkeypatch):
 # --------------------- the static GEMM test: tensor-core instructions, no spills, a block that launches
 
 def _inspectable_ops():
+    # attention_full compiles attention's kernels with CAUSAL=False, which only drops the
+    # masked loops: the causal variant's code holds all of it, so it is checked alone.
     return [name for name, op in registry.discover().items()
-            if op.compile_targets(torch.float16)]
+            if op.compile_targets(torch.float16) and op.tags.get("mask") != "none"]
 
 
 def _dot_rows(ttgir: str) -> list[int]:

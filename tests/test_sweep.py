@@ -150,10 +150,11 @@ def test_every_op_formula_matches_the_flop_counter_on_its_baselines(op_name):
     if shape is None:
         pytest.skip(f"{op_name} has no tiny preset")
     if "mask" in op.tags:
-        pytest.skip("attention counts only unmasked (query, key) pairs and the backward's "
-                    "recomputed S, as FlashAttention does; FlopCounterMode on the eager chain "
-                    "counts neither (tests/test_attention.py checks the formula against "
-                    "flop_counter's SDPA formulas and the mask itself)")
+        pytest.skip("attention counts only the (query, key) pairs its mask leaves (causal, "
+                    "or each sequence's length) and the backward's recomputed S, as "
+                    "FlashAttention does; FlopCounterMode on the eager chain over the padded "
+                    "problem counts neither (tests/test_attention.py and "
+                    "tests/test_decode_attention.py check the formulas)")
     dtype = torch.float32 if torch.float32 in op.dtypes else op.dtypes[0]
     compared = 0
     for mode in op.modes:

@@ -311,7 +311,8 @@ _REDUCE_BLOCK_M, _REDUCE_BLOCK_N = 16, 256
 
 
 @functools.cache
-def _sm_count(device_index: int) -> int:
+def sm_count(device_index: int) -> int:
+    """The SM count of CUDA device ``device_index`` (cached)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -340,7 +341,7 @@ def choose_k_split(M: int, N: int, K: int, device: torch.device,
         if not on_gpu:
             return _slice(K, _INTERPRETER_SPLIT, grain)
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return gpu_k_split(M, N, K, _sm_count(index))
+        return gpu_k_split(M, N, K, sm_count(index))
     return _slice(K, split_k, grain)
 
 
