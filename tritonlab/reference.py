@@ -97,6 +97,15 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         q.shape[1] // v.shape[1], dim=1)
 
 
+def eager_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale q K^T masked) V, every intermediate materialised in the input dtype.
+    q (B, KVH, G, D): one token's G query heads per KV head; k and v (B, KVH, CTX, D): a
+    padded cache; mask (B, 1, 1, CTX) bool, True at each sequence's cached positions."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
 def ffn_block(x: torch.Tensor, params: dict[str, torch.Tensor], activation: str = "silu",
               eps: float = EPS) -> torch.Tensor:
     """The workloads' feed-forward block with its residual, in x's dtype (float64 tensors
@@ -106,3 +115,32 @@ def ffn_block(x: torch.Tensor, params: dict[str, torch.Tensor], activation: str 
     gate = torch_activation(h @ params["w_gate"].t(), activation)
     up = h @ params["w_up"].t()
     return x + (gate * up) @ params["w_down"].t()
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float = 500000.0,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary embedding at integer ``positions`` (any shape), each of
+    shape (*positions.shape, head_dim), in Llama's "rotate half" layout: the angle of
+    position p in column i is p * theta ** (-2 (i mod head_dim/2) / head_dim), the same
+    frequencies repeated for the two halves. Computed in float64 and rounded to ``dtype``,
+    so every precision rounds the same exact angles."""
+    if head_dim % 2:
+        raise ValueError(f"the rotary embedding needs an even head_dim, got {head_dim}")
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64,
+                                       device=positions.device) / head_dim)
+    angles = positions.to(torch.float64)[..., None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin over the last dimension (head_dim), with
+    rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]) (Llama / Hugging Face convention).
+    cos and sin (from :func:`rope_cos_sin`) broadcast against x, e.g. (seq, 1, head_dim) for
+    x (batch, seq, heads, head_dim). Computed in fp32 (float64 stays float64) and rounded
+    back to x's dtype, like :func:`rms_norm`."""
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(work)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos.to(work) + rotated * sin.to(work)).to(x.dtype)

@@ -34,6 +34,7 @@ from tritonlab.kernels.decode_attention import (
     decode_attention_targets,
 )
 from tritonlab.ops.contract import Impl, OpSpec, compile_baseline, reduction_tolerance
+from tritonlab.reference import eager_decode_attention
 
 __all__ = ["DecodeAttentionOp", "SPEC", "block_size", "seq_lengths"]
 
@@ -233,13 +234,6 @@ def _weights(inputs):
             k, v = k_cache[blocks].flatten(0, 1)[:n], v_cache[blocks].flatten(0, 1)[:n]
         k, v = (t.double().repeat_interleave(group, dim=1) for t in (k, v))
         yield torch.softmax(torch.einsum("hd,lhd->hl", q[i], k) * q.shape[2]**-0.5, dim=-1), v
-
-
-def eager_decode_attention(q, k, v, mask, scale):
-    """softmax(scale q K^T masked) V, every intermediate materialised in the input dtype.
-    q (B, KVH, G, D), k and v (B, KVH, CTX, D), mask (B, 1, 1, CTX) bool."""
-    scores = (q @ k.transpose(-1, -2)) * scale
-    return torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1) @ v
 
 
 def _padded(inputs):
