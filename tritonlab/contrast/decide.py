@@ -54,6 +54,8 @@ METRIC_LABELS = {
 
 
 def _pick(rows: list[dict], key: str, higher: bool) -> dict | None:
+    """The row with the highest (or lowest) ``key``: its phase name and value; None if none
+    has it."""
     have = [r for r in rows if r.get(key) is not None]
     if not have:
         return None
@@ -62,6 +64,8 @@ def _pick(rows: list[dict], key: str, higher: bool) -> dict | None:
 
 
 def _compare(res: Resource, by_mode: dict[str, list[dict]]) -> dict:
+    """One resource compared between the two modes' hardest phases, with the tolerance that
+    makes a tie."""
     for key in res.keys:
         picks = {m: _pick(rows, key, res.higher_is_harder) for m, rows in by_mode.items()}
         if all(picks.values()):
@@ -85,7 +89,20 @@ def _compare(res: Resource, by_mode: dict[str, list[dict]]) -> dict:
 
 
 def _fmt(value, unit: str) -> str:
+    """A value with its unit."""
     return f"{fmt_num(value, '.4g')} {unit}".strip()
+
+
+def counters_label(rows: list[dict], counters: str, backend: str) -> str:
+    """What the counters measured, as the verdict's first sentence says it."""
+    if counters == "nvml":
+        return "GPU counters (NVML)"
+    rapl = ", RAPL" if any(r.get("avg_power_w") is not None for r in rows) else ""
+    return (f"CPU counters only (psutil{rapl}): "
+            + ("the kernels ran on the CPU, so this is about CPU load, not a GPU"
+               if backend != "cuda" else
+               "no GPU counters were available, so this is about the host CPU, not "
+               "the GPU"))
 
 
 def verdict(rows: list[dict], *, counters: str, device: str, idle: dict | None,
@@ -102,15 +119,7 @@ def verdict(rows: list[dict], *, counters: str, device: str, idle: dict | None,
     """
     by_mode = {m: [r for r in rows if r.get("mode") == m and not r.get("error")]
                for m in MODES}
-    if counters == "nvml":
-        label = "GPU counters (NVML)"
-    else:
-        rapl = ", RAPL" if any(r.get("avg_power_w") is not None for r in rows) else ""
-        label = (f"CPU counters only (psutil{rapl}): "
-                 + ("the kernels ran on the CPU, so this is about CPU load, not a GPU"
-                    if backend != "cuda" else
-                    "no GPU counters were available, so this is about the host CPU, not "
-                    "the GPU"))
+    label = counters_label(rows, counters, backend)
     if not all(by_mode.values()):
         missing = [m for m, r in by_mode.items() if not r]
         return {"counters": counters, "label": label, "harder": None, "decided_by": None,
@@ -174,6 +183,7 @@ BUSY_IDLE_GPU_UTIL_PCT = 10.0
 
 
 def _busy_host(idle: dict | None, counters: str) -> list[str]:
+    """A caution when the idle baseline shows another user of the device."""
     if not idle:
         return []
     if counters == "nvml" and (idle.get("gpu_util_pct") or 0.0) > BUSY_IDLE_GPU_UTIL_PCT:
@@ -188,6 +198,8 @@ def _busy_host(idle: dict | None, counters: str) -> list[str]:
 
 
 def _power_context(by_mode: dict, idle: dict | None, names: dict) -> list[str]:
+    """The idle power, and each mode's power range from its smallest batch to its hardest
+    phase."""
     lines = []
     if idle and idle.get("avg_power_w") is not None:
         lines.append(f"Idle baseline: {_fmt(idle['avg_power_w'], 'W')}.")
@@ -226,6 +238,7 @@ def _character(by_mode: dict, names: dict) -> list[str]:
 
 
 def _energy_per_sample(by_mode: dict) -> list[str]:
+    """Energy per sample of training against inference at each (impl, batch) both ran."""
     lines = []
     infer = {(r["impl"], r["batch"]): r for r in by_mode["infer"]}
     for t in by_mode["train"]:
@@ -243,23 +256,31 @@ def _energy_per_sample(by_mode: dict) -> list[str]:
 
 
 def impl_comparison(rows: list[dict], baseline: str = "torch") -> list[dict]:
-    """The lab's kernels against the baseline in each regime (mode, batch): ratios > 1 mean
-    the Triton impl has more throughput / more latency / more energy per sample."""
-    base = {(r["mode"], r["batch"]): r for r in rows
-            if r.get("impl") == baseline and not r.get("error")}
+    """The lab's kernels against the baseline in each regime (mode and grid point: batch,
+    and for the layer contrast seq, prompt or context): ratios > 1 mean the Triton impl has
+    more throughput / more latency / more energy per sample."""
+    def regime(r: dict) -> tuple:
+        """(mode, grid point): the layer contrast's point, else the batch."""
+        point = r.get("point")
+        return r["mode"], tuple(sorted(point.items())) if point else r["batch"]
+
+    usable = [r for r in rows if not r.get("error") and not r.get("skipped")]
+    base = {regime(r): r for r in usable if r.get("impl") == baseline}
     out = []
-    for r in rows:
-        if r.get("impl") in (None, baseline) or r.get("error"):
+    for r in usable:
+        if r.get("impl") in (None, baseline):
             continue
-        b = base.get((r["mode"], r["batch"]))
+        b = base.get(regime(r))
         if b is None:
             continue
 
         def ratio(key, r=r, b=b):
+            """r[key] / b[key], or None when either is missing or the baseline's is 0."""
             x, y = r.get(key), b.get(key)
             return x / y if x is not None and y else None
 
-        out.append({"mode": r["mode"], "batch": r["batch"], "impl": r["impl"],
+        out.append({"mode": r["mode"], "batch": r["batch"],
+                    **({"point": r["point"]} if "point" in r else {}), "impl": r["impl"],
                     "baseline": baseline,
                     "throughput_ratio": ratio("throughput_samples_s"),
                     "latency_p50_ratio": ratio("latency_p50_ms"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tritonlab.contrast.plan import MIN_WARMUP_STEPS, Plan
+from tritonlab.contrast.plan import MIN_WARMUP_STEPS, PlannedPhase
 from tritonlab.hw import counters as counters_mod
 from tritonlab.workloads.infer import InferenceWorkload
 from tritonlab.workloads.train import TrainingWorkload
@@ -59,6 +59,12 @@ class PhaseRun:
     flops_per_step: int | None = None
     peak_mem_bytes: int | None = None
     error: str | None = None
+    # The grid point ({"batch": ..} and the layer regimes' seq, prompt or context).
+    point: dict | None = None
+    # What the layer contrast's rows need beyond the steps: tokens, bytes, footprint.
+    info: object = None
+    # Why the phase was not run (a footprint larger than the card), with no measurement.
+    skipped: str | None = None
 
 
 def sleep_phase(sampler, ranges: RangeFactory, name: str, kind: str, seconds: float
@@ -72,36 +78,38 @@ def sleep_phase(sampler, ranges: RangeFactory, name: str, kind: str, seconds: fl
     return ph
 
 
-def _build_step(factory: WorkloadFactory, mode: str, cfg, *, impl: str, batch: int,
-                data_seed: int, seed: int, dtype, device) -> tuple[Callable[[], object], int]:
-    """One step of the workload on a fixed batch (data loading is not what is measured),
-    and its FLOPs."""
+def ffn_step(factory: WorkloadFactory, mode: str, cfg, *, impl: str, batch: int,
+             data_seed: int, seed: int, dtype, device) -> tuple[Callable[[], object], int, None]:
+    """One step of a feed-forward workload on a fixed batch (data loading is not what is
+    measured), its FLOPs, and no extra row metrics."""
     workload = factory(mode, cfg, impl=impl, dtype=dtype, device=device, seed=seed)
     data = workload.make_batch(batch, data_seed)
     flops = int(workload.flops(batch))
     if mode == "train":
         x, target = data
-        return (lambda: workload.step(x, target)), flops
-    return (lambda: workload.step(data)), flops
+        return (lambda: workload.step(x, target)), flops, None
+    return (lambda: workload.step(data)), flops, None
 
 
-def measure(sampler, ranges: RangeFactory, factory: WorkloadFactory, plan: Plan, cfg,
-            mode: str, impl: str, batch: int, index: int, *, dtype, device,
-            backend_name: str) -> PhaseRun:
-    """Setup, warm-up, measured phase and cool-down for one (mode, impl, batch), each a
+# Builds a phase's step: returns the step, its FLOPs, and what the rows need beyond them
+# (the layer contrast's tokens, bytes and footprint; None for the feed-forward block).
+StepBuilder = Callable[[], tuple[Callable[[], object], int, object]]
+
+
+def measure(sampler, ranges: RangeFactory, plan, planned: PlannedPhase, build: StepBuilder,
+            *, backend_name: str) -> PhaseRun:
+    """Setup (``build``), warm-up, measured phase and cool-down for one planned phase, each a
     sampler window inside a ``ranges`` range. A failure (OOM, a compile error) is recorded
     on the phase and the run goes on."""
     is_gpu = backend_name == "cuda"
     sync = torch.cuda.synchronize if is_gpu else (lambda: None)
-    name = f"{mode}/{impl}/b{batch}"
-    run = PhaseRun(name=name, mode=mode, impl=impl, batch=batch)
+    name, mode, impl, batch = planned.name, planned.mode, planned.impl, planned.batch
+    run = PhaseRun(name=name, mode=mode, impl=impl, batch=batch, point=planned.point())
     step = None
     try:
         with phase(sampler, ranges, f"setup {name}", "setup", mode=mode, impl=impl,
                    batch=batch):
-            step, run.flops_per_step = _build_step(factory, mode, cfg, impl=impl, batch=batch,
-                                                   data_seed=plan.seed + index, seed=plan.seed,
-                                                   dtype=dtype, device=device)
+            step, run.flops_per_step, run.info = build()
         with phase(sampler, ranges, f"warmup {name}", "warmup", mode=mode, impl=impl,
                    batch=batch):
             steps, deadline = 0, time.perf_counter() + plan.warmup_s

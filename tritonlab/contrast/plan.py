@@ -34,6 +34,9 @@ INTERPRETER_SIZES = ("tiny", "small")
 
 @dataclass(frozen=True)
 class Plan:
+    """What a feed-forward contrast runs: modes, impls and batches, the model size, dtype,
+    timing and seed."""
+
     batches: tuple[int, ...]
     duration_s: float
     model_size: str
@@ -47,7 +50,49 @@ class Plan:
     seed: int
 
     def to_dict(self) -> dict:
+        """The plan as JSON-ready data (what the manifest records and a resume compares)."""
         return asdict(self)
+
+    @property
+    def model(self) -> str:
+        """The contrast's model: the feed-forward block (not a field, so the manifests of
+        runs planned before the layer contrast existed still resume)."""
+        return "ffn"
+
+    def phases(self) -> list[PlannedPhase]:
+        """Every measured phase in run order: mode, then batch, then impl."""
+        return [PlannedPhase(m, i, b) for m in self.modes for b in self.batches
+                for i in self.impls]
+
+
+@dataclass(frozen=True)
+class PlannedPhase:
+    """One measured phase of a plan: (mode, impl, batch) and, for the layer contrast, the
+    grid point's second axis ``second`` (train: seq; prefill: prompt; decode: context)."""
+
+    mode: str
+    impl: str
+    batch: int
+    second: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The phase's name: ``train/triton/b64`` (feed-forward block), or with the second
+        axis ``train/triton/b1s16``, ``prefill/torch/b1p16``, ``decode/triton/b4c32``."""
+        base = f"{self.mode}/{self.impl}/b{self.batch}"
+        if self.second is None:
+            return base
+        return base + SECOND_AXIS[self.mode][0] + str(self.second)
+
+    def point(self) -> dict:
+        """The grid point as the rows record it: {"batch": ..} and its second axis."""
+        if self.second is None:
+            return {"batch": self.batch}
+        return {"batch": self.batch, SECOND_AXIS[self.mode][1]: self.second}
+
+
+# The layer regimes' second grid axis: the letter in a phase name, and its name in the rows.
+SECOND_AXIS = {"train": ("s", "seq"), "prefill": ("p", "prompt"), "decode": ("c", "context")}
 
 
 def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
@@ -60,21 +105,11 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
     """Validate the options (UsageError naming the valid choices) and fill the backend's
     defaults. Returns the plan and warnings (a duration lengthened to the minimum)."""
     d = DEFAULTS["cuda" if backend_name == "cuda" else "interpreter"]
-    warnings: list[str] = []
     batches = tuple(dict.fromkeys(batches)) if batches else d["batches"]
     bad = [b for b in batches if not isinstance(b, int) or isinstance(b, bool) or b <= 0]
     if bad:
         raise UsageError(f"batch sizes must be positive integers (tokens per step); got "
                          f"{', '.join(map(str, bad))}")
-    duration_s = d["duration_s"] if duration_s is None else float(duration_s)
-    if not (math.isfinite(duration_s) and duration_s > 0):
-        raise UsageError(f"--duration must be positive, got {duration_s} s (minimum "
-                         f"{MIN_PHASE_S} s per phase)")
-    if duration_s < MIN_PHASE_S:
-        warnings.append(f"a {duration_s} s phase is too short for the energy counter (it "
-                        f"moves every {counters_mod.NVML_ENERGY_UPDATE_S * 1e3:.0f} ms); "
-                        f"lengthened to the minimum of {MIN_PHASE_S} s")
-        duration_s = MIN_PHASE_S
     model_size = model_size or d["model_size"]
     if model_size not in SIZES:
         raise UsageError(f"unknown model size {model_size!r}; valid sizes: {', '.join(SIZES)}")
@@ -97,9 +132,34 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
     if backend_name != "cuda" and dtype == "bfloat16":
         raise UsageError("bfloat16 is wrong under the Triton interpreter (its bf16 dot returns "
                          "garbage); use float32 or float16, or run on a GPU")
+    timing, warnings = timing_options(d, duration_s=duration_s, warmup_s=warmup_s,
+                                      idle_s=idle_s, cooldown_s=cooldown_s,
+                                      interval_ms=interval_ms)
+    plan = Plan(batches=batches, model_size=model_size, impls=impls, modes=modes,
+                dtype=dtype, seed=seed, **timing)
+    return plan, warnings
+
+
+def timing_options(defaults: dict, *, duration_s: float | None, warmup_s: float | None,
+                   idle_s: float | None, cooldown_s: float | None, interval_ms: float
+                   ) -> tuple[dict, list[str]]:
+    """The timing of a contrast (either model): duration, warm-up, idle baseline, cool-down
+    and sampling interval, validated (UsageError) with ``defaults`` for those left None.
+    Returns the Plan fields (duration_s, warmup_s, idle_s, cooldown_s, interval_ms) and
+    warnings (a duration or idle baseline lengthened to the minimum)."""
+    warnings: list[str] = []
+    duration_s = defaults["duration_s"] if duration_s is None else float(duration_s)
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise UsageError(f"--duration must be positive, got {duration_s} s (minimum "
+                         f"{MIN_PHASE_S} s per phase)")
+    if duration_s < MIN_PHASE_S:
+        warnings.append(f"a {duration_s} s phase is too short for the energy counter (it "
+                        f"moves every {counters_mod.NVML_ENERGY_UPDATE_S * 1e3:.0f} ms); "
+                        f"lengthened to the minimum of {MIN_PHASE_S} s")
+        duration_s = MIN_PHASE_S
     timing = {}
     for name, value in (("warmup", warmup_s), ("idle", idle_s), ("cooldown", cooldown_s)):
-        value = d[f"{name}_s"] if value is None else float(value)
+        value = defaults[f"{name}_s"] if value is None else float(value)
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"--{name} must be >= 0 seconds and finite, got {value}")
         timing[name] = value
@@ -109,7 +169,5 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
         timing["idle"] = MIN_PHASE_S
     if not interval_ms > 0:
         raise UsageError(f"--interval-ms must be positive, got {interval_ms}")
-    plan = Plan(batches=batches, duration_s=duration_s, model_size=model_size, impls=impls,
-                modes=modes, dtype=dtype, warmup_s=timing["warmup"], idle_s=timing["idle"],
-                cooldown_s=timing["cooldown"], interval_ms=float(interval_ms), seed=seed)
-    return plan, warnings
+    return {"duration_s": duration_s, "warmup_s": timing["warmup"], "idle_s": timing["idle"],
+            "cooldown_s": timing["cooldown"], "interval_ms": float(interval_ms)}, warnings

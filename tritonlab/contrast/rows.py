@@ -22,7 +22,9 @@ class PhaseRow(TypedDict, total=False):
     """One entry of contrast.json's ``phases``. A key a phase has no use for is absent (the
     idle baseline has no steps, the GPU keys are absent on the CPU backend); a key present
     with None has its reason in ``unavailable``. A failed phase holds only name, mode, impl,
-    batch and ``error``."""
+    batch and ``error``; a skipped one (layer contrast) name, mode, impl, batch, point and
+    ``skipped``. The layer contrast's measured rows also hold the keys of
+    :func:`tritonlab.contrast.layer.layer_metrics`."""
 
     name: str
     mode: str
@@ -79,6 +81,15 @@ class PhaseRow(TypedDict, total=False):
     note: str
     unavailable: dict[str, str]
     error: str
+    # the layer contrast (tritonlab.contrast.layer.layer_metrics)
+    point: dict
+    skipped: str
+
+
+def skipped_row(run: PhaseRun) -> PhaseRow:
+    """The row of a phase that was not run (its footprint exceeds the card's memory)."""
+    return PhaseRow(name=run.name, mode=run.mode, impl=run.impl, batch=run.batch,
+                    point=run.point, skipped=run.skipped)
 
 
 def error_row(run: PhaseRun) -> PhaseRow:
@@ -106,6 +117,7 @@ def phase_row(sampler, ph: counters_mod.Phase, run: PhaseRun | None,
             unavailable[key] = reason or "not measured"
 
     def metric(name: str, stat: str = "mean"):
+        """A sampled metric's statistic over the window, or None when it was not sampled."""
         m = s["metrics"].get(name)
         return None if m is None else m[stat]
 

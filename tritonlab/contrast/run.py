@@ -18,6 +18,13 @@ peak memory, temperature rise and time throttled. :func:`verdict` then compares 
 resource by resource from those numbers (the rule is in its docstring); on the CPU backend it
 is about the CPU counters that exist, and says so.
 
+With ``model="layer"`` the same run measures the decoder layer's three regimes over a grid
+(:mod:`tritonlab.contrast.layer`: train, prefill, decode; phases named by regime, impl and
+grid point), adds to each row tokens/s, compulsory bytes and GB/s, % of the device's peaks,
+energy per token and the footprint against the card's memory (a phase that would not fit a
+GPU is recorded as skipped), and decides with
+:func:`~tritonlab.contrast.layer_verdict.layer_verdict`.
+
 Outputs (docs/design.md, "The run directory"): manifest.json, counters.csv, contrast.json, and a
 timeline (timeline.png) and Chrome/Perfetto trace (trace.json) of the counters. contrast.json
 and counters.csv are rewritten after every phase, so an interrupted run keeps its finished
@@ -33,18 +40,21 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 
 from tritonlab import backend as backend_mod
+from tritonlab.contrast import layer as layer_mod
 from tritonlab.contrast.decide import impl_comparison, verdict
+from tritonlab.contrast.layer_verdict import layer_verdict
 from tritonlab.contrast.phases import (
     PhaseRun,
     RangeFactory,
     WorkloadFactory,
+    ffn_step,
     lab_workloads,
     measure,
     nvtx_ranges,
     sleep_phase,
 )
 from tritonlab.contrast.plan import IMPLS, MODES, make_plan
-from tritonlab.contrast.rows import PhaseRow, error_row, phase_row
+from tritonlab.contrast.rows import PhaseRow, error_row, phase_row, skipped_row
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters as counters_mod
 from tritonlab.hw import devices, nvml
@@ -57,7 +67,7 @@ from tritonlab.workloads.model import MLPConfig
 
 def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
                  duration_s: float | None = None, model_size: str | None = None,
-                 impls: Sequence[str] = IMPLS, modes: Sequence[str] = MODES,
+                 impls: Sequence[str] = IMPLS, modes: Sequence[str] | None = None,
                  dtype: str | None = None, warmup_s: float | None = None,
                  idle_s: float | None = None, cooldown_s: float | None = None,
                  interval_ms: float = 1e3 * counters_mod.DEFAULT_INTERVAL_S,
@@ -66,7 +76,8 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
                  argv: Sequence[str] | None = None,
                  workloads: WorkloadFactory = lab_workloads,
                  ranges: RangeFactory | None = None, resume: bool = False,
-                 part_of: Mapping | None = None) -> dict:
+                 part_of: Mapping | None = None, model: str = "ffn",
+                 grid: Mapping | None = None) -> dict:
     """Run the contrast and write the run directory ``out_dir``; returns contrast.json's
     document. Options left None take the backend's defaults (:data:`DEFAULTS`); bad options
     and an unwritable ``out_dir`` raise UsageError before anything runs. ``counters``:
@@ -75,6 +86,12 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
     workload (default: the lab's). ``progress`` receives one line per phase of the run.
     ``ranges(name)`` opens a range around each phase (default: NVTX on CUDA, nothing under
     the interpreter). ``part_of``: the job the run is written for (the demo's marker).
+    ``modes``: default all of the model's (``train``, ``infer``; or the layer's regimes).
+    ``model``: ``ffn`` (the feed-forward block, training vs inference, the default) or
+    ``layer`` (the decoder layer in three regimes, :mod:`tritonlab.contrast.layer`; then
+    ``modes`` are its regimes, ``batches`` must be None and ``grid`` holds the keyword
+    arguments of :func:`~tritonlab.contrast.layer.make_layer_plan` that set the layer count,
+    the grid and the caches' capacity; ``workloads`` is not used).
 
     contrast.json is rewritten (atomically) after every phase, so a crash loses at most the
     phase in progress. Ctrl-C (or SIGTERM / SIGHUP under
@@ -92,10 +109,26 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
     if counters == "nvml" and not be.is_gpu:
         raise UsageError("NVML counters need the cuda backend: under the interpreter the "
                          "kernels run on the CPU, so use --counters cpu (or auto)")
-    plan, warnings = make_plan(be.name, batches=batches, duration_s=duration_s,
-                               model_size=model_size, impls=impls, modes=modes, dtype=dtype,
-                               warmup_s=warmup_s, idle_s=idle_s, cooldown_s=cooldown_s,
-                               interval_ms=interval_ms, seed=seed)
+    if model == "ffn":
+        if grid:
+            raise UsageError(f"{', '.join(sorted(grid))}: options of --model layer only")
+        plan, warnings = make_plan(be.name, batches=batches, duration_s=duration_s,
+                                   model_size=model_size, impls=impls,
+                                   modes=MODES if modes is None else modes, dtype=dtype,
+                                   warmup_s=warmup_s, idle_s=idle_s, cooldown_s=cooldown_s,
+                                   interval_ms=interval_ms, seed=seed)
+    elif model == "layer":
+        if batches:
+            raise UsageError("--batch is for --model ffn; the layer's grid is set by "
+                             "--train-batch/--train-seq, --prefill-batch/--prompt and "
+                             "--decode-batch/--context")
+        plan, warnings = layer_mod.make_layer_plan(
+            be.name, model_size=model_size, impls=impls,
+            modes=layer_mod.REGIMES if modes is None else modes, dtype=dtype,
+            duration_s=duration_s, warmup_s=warmup_s, idle_s=idle_s, cooldown_s=cooldown_s,
+            interval_ms=interval_ms, seed=seed, **(grid or {}))
+    else:
+        raise UsageError(f"unknown model {model!r}; valid models: ffn, layer")
     for w in warnings:
         say(f"warning: {w}")
     device_info = devices.describe(be)
@@ -159,13 +192,24 @@ def _reopen(run_dir: runstore.RunDir, plan, be, device_info: dict, argv: Sequenc
 
 def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, warnings,
                  be, device_info: dict, counters: str, say, workloads, ranges) -> dict:
-    cfg = MLPConfig.from_size(plan.model_size)
+    """The run itself: the idle baseline, every planned phase (kept ones skipped),
+    contrast.json and counters.csv after each, then the timeline, the trace and the final
+    document."""
+    is_layer = plan.model == "layer"
+    cfg = plan.config() if is_layer else MLPConfig.from_size(plan.model_size)
     torch_dtype = DTYPES[plan.dtype]
+    # The layer contrast's rows hold % of the device's peaks and capacity: a GPU's from the
+    # device table (or measured ceilings), none for the CPU unless measured and cached.
+    peaks = devices.peaks_for(device_info)
+    ceilings = peaks and (peaks.spec or peaks.measured)
+    capacity = device_info.get("memory_bytes") if be.is_gpu else None
+    skipped = layer_mod.over_capacity(plan, capacity) if is_layer else {}
     # Under the interpreter the kernels run on the CPU: the CPU is what is measured.
     kind = counters if be.is_gpu else "cpu"
     ids = nvml.cuda_device_ids(device_info["index"]) if be.is_gpu else nvml.DeviceIds()
 
     def warn(message: str) -> None:
+        """Keep a sampler warning for contrast.json and show it."""
         warnings.append(message)
         say(message)
 
@@ -178,9 +222,12 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
     idle_phase = None
     interrupted = False
     device_name = device_info.get("name") or "this device"
-    total = len(plan.modes) * len(plan.batches) * len(plan.impls)
+    planned = plan.phases()
+    total = len(planned)
 
     def document(rows: list[PhaseRow], idle: PhaseRow | None, status: str) -> dict:
+        """contrast.json's document from the rows measured so far (and those kept from
+        before a resume)."""
         measured = _in_plan_order(plan, {**kept, **{r["name"]: r for r in rows}})
         complete = status == "complete"
         return {
@@ -194,13 +241,21 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
             "counters": sampler.kind,
             "counters_info": counter_info,
             "counters_origin_unix": origin_unix,
-            "model": {"size": plan.model_size, **cfg.to_dict(), "dtype": plan.dtype},
+            "model": {"name": plan.model, "size": plan.model_size, **cfg.to_dict(),
+                      "dtype": plan.dtype,
+                      **({"n_layers": plan.n_layers} if is_layer else {})},
+            **({"peaks": ceilings.to_dict() if ceilings else None,
+                "capacity_bytes": capacity} if is_layer else {}),
             "plan": plan.to_dict(),
             "warnings": warnings,
             "phases": ([idle] if idle else []) + measured,
             "impl_comparison": impl_comparison(measured),
-            "verdict": verdict(measured, counters=sampler.kind, device=device_name, idle=idle,
-                               backend=be.name) if complete else None,
+            "verdict": (None if not complete else
+                        layer_verdict(measured, plan=plan, counters=sampler.kind,
+                                      device=device_name, idle=idle, backend=be.name,
+                                      peaks=ceilings) if is_layer else
+                        verdict(measured, counters=sampler.kind, device=device_name, idle=idle,
+                                backend=be.name)),
             "sampler": {"interval_ms": plan.interval_ms, "overhead": sampler.overhead(),
                         "unavailable": sampler.unavailable,
                         "metrics": {m.name: {"unit": m.unit, "description": m.description}
@@ -208,6 +263,8 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
         }
 
     def save_counters() -> None:
+        """counters.csv: the samples kept from before a resume, then this process's, on one
+        time axis."""
         offset = sampler.origin_unix - origin_unix
         runstore.atomic_write_text(run_dir.counters_path,
                                    _csv_header(sampler) + before["counters_csv"]
@@ -215,12 +272,39 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
 
     def checkpoint(idle: PhaseRow | None, status: str = "running") -> dict:
         """contrast.json and counters.csv as they stand, for a crash or a resume."""
-        rows = [error_row(r) if r.error else phase_row(sampler, r.phase, r, idle_power(idle))
-                for r in runs]
+        rows = [row_of(r, idle) for r in runs]
         doc = document(rows, idle, status)
         runstore.atomic_write_text(run_dir.path / runstore.CONTRAST, dumps(doc) + "\n")
         save_counters()
         return doc
+
+    def row_of(run: PhaseRun, idle: PhaseRow | None) -> PhaseRow:
+        """A phase's row: skipped, failed, or measured (with the layer's metrics)."""
+        if run.skipped:
+            return skipped_row(run)
+        if run.error:
+            return error_row(run)
+        row = phase_row(sampler, run.phase, run, idle_power(idle))
+        if is_layer:
+            row["point"] = run.point
+            layer_mod.layer_metrics(row, run.info, run.latencies_s, peaks=ceilings,
+                                    capacity_bytes=capacity, dtype=plan.dtype)
+        return row
+
+    def builder(ph, index: int):
+        """The step builder of a planned phase."""
+        if is_layer:
+            def build():
+                """The layer phase's step, FLOPs and what its row needs."""
+                built = layer_mod.build_step(plan, ph, data_seed=plan.seed + index,
+                                             device=be.device)
+                return built.step, built.flops, {"tokens": built.tokens,
+                                                 "bytes": built.bytes,
+                                                 "footprint": built.footprint}
+            return build
+        return lambda: ffn_step(workloads, ph.mode, cfg, impl=ph.impl, batch=ph.batch,
+                                data_seed=plan.seed + index, seed=plan.seed,
+                                dtype=torch_dtype, device=be.device)
 
     with sampler:
         counter_info = sampler.backend.info()
@@ -232,24 +316,26 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
                 idle_phase = sleep_phase(sampler, ranges, "idle", "idle", plan.idle_s)
                 idle = phase_row(sampler, idle_phase, None, None)
                 checkpoint(idle)
-            index = 0
-            for mode in plan.modes:
-                for batch in plan.batches:
-                    for impl in plan.impls:
-                        index += 1
-                        name = f"{mode}/{impl}/b{batch}"
-                        if name in kept:
-                            say(f"[{index}/{total}] {name}: already measured")
-                            continue
-                        say(f"[{index}/{total}] {mode}/{impl}/b{batch}: warm-up, "
-                            f"{plan.duration_s:g} s measured, {plan.cooldown_s:g} s cool-down")
-                        run = measure(sampler, ranges, workloads, plan, cfg, mode, impl, batch,
-                                      index, dtype=torch_dtype, device=be.device,
-                                      backend_name=be.name)
-                        if run.error:
-                            say(f"  failed: {run.error}")
-                        runs.append(run)
-                        checkpoint(idle)
+            for index, ph in enumerate(planned, 1):
+                name = ph.name
+                if name in kept:
+                    say(f"[{index}/{total}] {name}: already measured")
+                    continue
+                if name in skipped:
+                    say(f"[{index}/{total}] {name}: skipped, {skipped[name]}")
+                    runs.append(PhaseRun(name=name, mode=ph.mode, impl=ph.impl,
+                                         batch=ph.batch, point=ph.point(),
+                                         skipped=skipped[name]))
+                    checkpoint(idle)
+                    continue
+                say(f"[{index}/{total}] {name}: warm-up, {plan.duration_s:g} s measured, "
+                    f"{plan.cooldown_s:g} s cool-down")
+                run = measure(sampler, ranges, plan, ph, builder(ph, index),
+                              backend_name=be.name)
+                if run.error:
+                    say(f"  failed: {run.error}")
+                runs.append(run)
+                checkpoint(idle)
         except KeyboardInterrupt:
             interrupted = True
             say(f"interrupted: {len(kept) + len(runs)} of {total} phases are kept; continue "
@@ -260,11 +346,12 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
     if idle_phase is not None:
         idle = phase_row(sampler, idle_phase, None, None)
     status = "interrupted" if interrupted else "complete"
-    rows = [error_row(run) if run.error else phase_row(sampler, run.phase, run, idle_power(idle))
-            for run in runs]
+    rows = [row_of(run, idle) for run in runs]
     doc = document(rows, idle, status)
     save_counters()
-    title = f"contrast on {device_name} ({be.label}), model {plan.model_size}, {plan.dtype}"
+    title = (f"contrast on {device_name} ({be.label}), "
+             + (f"{plan.n_layers}-layer decoder {plan.model_size}" if is_layer
+                else f"model {plan.model_size}") + f", {plan.dtype}")
     if before["phases"]:
         title += " (the part measured after the last resume)"
     files = {"manifest": runstore.MANIFEST, "counters": runstore.COUNTERS,
@@ -283,10 +370,12 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
 
 
 def idle_power(idle: Mapping | None) -> float | None:
+    """The idle baseline's average power, or None."""
     return idle.get("avg_power_w") if idle else None
 
 
 def _csv_header(sampler) -> str:
+    """counters.csv's header line for this sampler's metrics."""
     buf = io.StringIO()
     csv.writer(buf).writerow(["t_s", "time_unix", "phase", *sampler.metric_names])
     return buf.getvalue()
@@ -295,5 +384,5 @@ def _csv_header(sampler) -> str:
 def _in_plan_order(plan, rows: Mapping[str, PhaseRow]) -> list[PhaseRow]:
     """The measured phases' rows in the order the plan runs them (a resumed run's rows
     come from two or more processes)."""
-    order = [f"{m}/{i}/b{b}" for m in plan.modes for b in plan.batches for i in plan.impls]
+    order = [ph.name for ph in plan.phases()]
     return [rows[name] for name in order if name in rows]

@@ -7,6 +7,8 @@ from tritonlab.output import fmt_num, table
 
 def summary_text(doc: dict) -> str:
     """The terminal summary: one table row per phase, the kernel comparison, the verdict."""
+    if (doc.get("model") or {}).get("name") == "layer":
+        return _layer_text(doc)
     gpu = doc["counters"] == "nvml"
     flop_scale, flop_head = (1.0, "TFLOP/s") if doc["backend"] == "cuda" else (1e3, "GFLOP/s")
     if gpu:
@@ -38,13 +40,20 @@ def summary_text(doc: dict) -> str:
            f"{doc['model']['hidden']}), {doc['model']['dtype']}; "
            f"{doc['plan']['duration_s']:g} s per phase",
            table(rows, headers)]
+    return "\n".join(out + _tail(doc))
+
+
+def _tail(doc: dict) -> list[str]:
+    """The kernel comparison, the verdict, the sampler's overhead and the warnings."""
+    out = []
     comp = doc["impl_comparison"]
     if comp:
         out.append("")
-        out.append(table([[c["mode"], c["batch"], f"{c['impl']} / {c['baseline']}",
+        out.append(table([[c["mode"], _point(c), f"{c['impl']} / {c['baseline']}",
                            fmt_num(c["throughput_ratio"]), fmt_num(c["latency_p50_ratio"]),
                            fmt_num(c["energy_per_sample_ratio"])] for c in comp],
-                         ["mode", "batch", "impl", "throughput x", "p50 latency x",
+                         ["mode", "point" if comp[0].get("point") else "batch", "impl",
+                          "throughput x", "p50 latency x",
                           "energy/sample x"]))
     v = doc["verdict"]
     out.append("")
@@ -58,4 +67,45 @@ def summary_text(doc: dict) -> str:
                f"{fmt_num(o['thread_cpu_pct'])}% of a core")
     for w in doc["warnings"]:
         out.append(w if w.startswith("warning") else f"warning: {w}")
-    return "\n".join(out)
+    return out
+
+
+def _point(c: dict) -> str:
+    """A grid point as a table cell: the batch, or the layer point's axes."""
+    point = c.get("point")
+    if not point:
+        return str(c["batch"])
+    return " x ".join(f"{k} {v}" for k, v in point.items())
+
+
+def _layer_text(doc: dict) -> str:
+    """The layer contrast's summary: per phase tokens/s, compute and bandwidth against the
+    device's peaks, intensity, energy per token, footprint against the capacity, power."""
+    flop_scale, flop_head = (1.0, "TFLOP/s") if doc["backend"] == "cuda" else (1e3, "GFLOP/s")
+    headers = ["phase", "steps", "tok/s", "p50 ms", flop_head, "% peak", "GB/s", "% BW",
+               "FLOP/B", "J/token", "footprint MiB", "% cap", "W avg"]
+    rows = []
+    for r in doc["phases"]:
+        if r.get("error"):
+            rows.append([r["name"], "failed: " + r["error"]])
+            continue
+        if r.get("skipped"):
+            rows.append([r["name"], "skipped: " + r["skipped"]])
+            continue
+        tflops = r.get("tflops")
+        fp = r.get("footprint_bytes")
+        rows.append([r["name"], r.get("steps"), fmt_num(r.get("tokens_per_s")),
+                     fmt_num(r.get("latency_p50_ms")),
+                     fmt_num(None if tflops is None else tflops * flop_scale),
+                     fmt_num(r.get("compute_pct")), fmt_num(r.get("achieved_gbps")),
+                     fmt_num(r.get("bandwidth_pct")), fmt_num(r.get("arithmetic_intensity")),
+                     fmt_num(r.get("energy_per_token_j")),
+                     fmt_num(None if fp is None else fp / 2**20),
+                     fmt_num(r.get("capacity_pct")), fmt_num(r.get("avg_power_w"))])
+    m = doc["model"]
+    out = [f"backend: {doc['backend_label']}; counters: {doc['verdict']['label']}",
+           f"decoder layer {m['size']} x {m['n_layers']} (dim {m['dim']}, {m['n_heads']} heads, "
+           f"{m['n_kv_heads']} kv heads, hidden {m['hidden']}), {m['dtype']}; "
+           f"{doc['plan']['duration_s']:g} s per phase",
+           table(rows, headers)]
+    return "\n".join(out + _tail(doc))

@@ -50,7 +50,7 @@ def shape_label(shape) -> str:
     return str(shape)
 
 
-def _subplots(*args, figsize: tuple[float, float], dpi: int = 110, **kw):
+def subplots(*args, figsize: tuple[float, float], dpi: int = 110, **kw):
     """A figure on its own Agg canvas and its axes (what ``pyplot.subplots`` returns)."""
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
@@ -216,7 +216,7 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
                 xs.append(r)
     xmin, xmax = min(xs) / 4, max(xs) * 4
 
-    fig, ax = _subplots(figsize=(11, 6.5), dpi=110)
+    fig, ax = subplots(figsize=(11, 6.5), dpi=110)
     ax.set_xscale("log")
     ax.set_yscale("log")
     roofs, roof_text = _draw_ceilings(ax, peaks, keys, xmin, xmax)
@@ -283,7 +283,7 @@ def plot_roofline(rows, peaks: Peaks | None, *, backend: str, device: str, path,
                 "--measure` to measure them", transform=ax.transAxes, ha="center", va="top",
                 fontsize=9, color="firebrick")
     _label_ops(ax, fig, points, series_of, colors)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _SPEEDUP_TICKS = ([2.0**e for e in range(-14, -1)] + [0.35, 0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0,
@@ -324,7 +324,7 @@ def plot_speedups(rows, *, op: str, backend: str, device: str, path) -> Path:
                                          str(k[3])))
     colors = _colors(series)
     width = 0.8 / len(series)
-    fig, ax = _subplots(figsize=(min(4.0 + 0.55 * len(shapes) * len(series), 12.0), 4.6),
+    fig, ax = subplots(figsize=(min(4.0 + 0.55 * len(shapes) * len(series), 12.0), 4.6),
                         dpi=110)
     ax.set_yscale("log", base=2)
     ax.axhline(1.0, color="0.25", lw=1.2, zorder=3)
@@ -372,7 +372,7 @@ def plot_speedups(rows, *, op: str, backend: str, device: str, path) -> Path:
               ncol=min(2, len(series)), frameon=False,
               title="hatched = inference" if any(k[2] not in TRAINING_MODES for k in series)
               else None, title_fontsize=8.5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # Training reds, inference blues; the lab's kernels (triton) dark, the others light.
@@ -397,7 +397,7 @@ def plot_phase_bars(phases, metrics, *, title: str, backend: str, device: str, p
     value = {(p["mode"], str(p.get("impl")), p.get("batch")): p for p in measured}
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = _subplots(nrows, cols, figsize=(4.6 * cols + 0.5, 3.4 * nrows + 1.2),
+    fig, axes = subplots(nrows, cols, figsize=(4.6 * cols + 0.5, 3.4 * nrows + 1.2),
                              dpi=110, squeeze=False)
     width = 0.8 / len(series)
     for ax, (key, panel_title) in zip(axes.flat, panels):
@@ -429,10 +429,11 @@ def plot_phase_bars(phases, metrics, *, title: str, backend: str, device: str, p
                bbox_to_anchor=(0.5, -0.01))
     fig.suptitle(f"{title}\n{figure_label(backend, device)}", fontsize=12)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its directory created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
