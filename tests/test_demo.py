@@ -18,7 +18,10 @@ from tritonlab.runs import store
 HAVE_WORKLOADS = all(importlib.util.find_spec(f"tritonlab.workloads.{m}") is not None
                      for m in ("train", "infer"))
 SHORT_CONTRAST = {"contrast": dict(batches=(1, 16), duration_s=1.0, model_size="tiny",
-                                   warmup_s=0.1, idle_s=1.0, cooldown_s=0.1)}
+                                   warmup_s=0.1, idle_s=1.0, cooldown_s=0.1),
+                  "layer_contrast": dict(model="layer", model_size="tiny", duration_s=1.0,
+                                         warmup_s=0.1, idle_s=0.0, cooldown_s=0.0,
+                                         impls=("triton",))}
 
 
 @pytest.mark.slow
@@ -42,6 +45,9 @@ def test_demo_end_to_end(tmp_path, be, monkeypatch):
     assert all(r["pct_roofline_measured"] > 0 for r in rows)
     assert {r["mode"] for r in rows} == {"fwd", "infer"}
     assert (out / "contrast" / "contrast.json").is_file()
+    layer = json.loads((out / "contrast-layer" / "contrast.json").read_text())
+    assert {p["mode"] for p in layer["phases"]} >= {"train", "prefill", "decode"}
+    assert not [p for p in layer["phases"] if p.get("error")]
     md = result.markdown.read_text()
     for heading in ("Roofline", "Results per op", "Training vs inference", "Correctness"):
         assert f"## {heading}" in md

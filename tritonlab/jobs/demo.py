@@ -8,12 +8,15 @@ present:
    to ``check.json``;
 2. a quick sweep into ``OUT/sweep`` (the ``quick`` preset on a GPU, ``tiny`` on the
    interpreter), every point checked before it is timed;
-3. a short training-vs-inference contrast into ``OUT/contrast``;
-4. the report of both runs: ``OUT/index.html`` and ``OUT/report.md``.
+3. a short training-vs-inference contrast of the feed-forward block into ``OUT/contrast``,
+   and one of the decoder layer in its three regimes (training step, prefill, decode) into
+   ``OUT/contrast-layer``;
+4. the report of the three runs: ``OUT/index.html`` and ``OUT/report.md``.
 
 Without a GPU it is sized to finish in under 3 minutes on 2 cores: the check takes 2 tiny
 shapes per op (the smallest and the largest by FLOPs) and so does the sweep, in float16 with
-a short time budget per point, and the contrast the tiny model at two batch sizes with 1 s phases.
+a short time budget per point, the FFN contrast the tiny model at two batch sizes and the
+layer contrast the tiny layer at its interpreter grid, with 1 s phases.
 The interpreter's times show that everything runs and is correct; they are not GPU
 performance, and the report says so.
 """
@@ -48,14 +51,18 @@ SETTINGS = {
     "cuda": dict(check_shapes=None, sweep_preset="quick", sweep_shapes=None,
                  sweep_dtypes=("bfloat16",), sweep_budget_s=0.25,
                  contrast=dict(batches=(1, 16, 256, 4096), duration_s=3.0, model_size="base",
-                               warmup_s=1.0, idle_s=2.0, cooldown_s=1.0)),
+                               warmup_s=1.0, idle_s=2.0, cooldown_s=1.0),
+                 layer_contrast=dict(model="layer", duration_s=3.0, warmup_s=1.0, idle_s=2.0,
+                                     cooldown_s=1.0)),
     "interpreter": dict(check_shapes=2, sweep_preset="tiny", sweep_shapes=2,
                         sweep_dtypes=("float16",), sweep_budget_s=0.05,
                         contrast=dict(batches=(1, 64), duration_s=1.0, model_size="tiny",
-                                      warmup_s=0.1, idle_s=1.0, cooldown_s=0.1)),
+                                      warmup_s=0.1, idle_s=1.0, cooldown_s=0.1),
+                        layer_contrast=dict(model="layer", model_size="tiny", duration_s=1.0,
+                                            warmup_s=0.1, idle_s=1.0, cooldown_s=0.1)),
 }
-# What a demo writes in OUT: two run directories and the report of both.
-RUNS = ("sweep", "contrast")
+# What a demo writes in OUT: three run directories and the report of them.
+RUNS = ("sweep", "contrast", "contrast-layer")
 FILES = ("index.html", "report.md", "check.json")
 FIGURES = "figures"
 
@@ -67,6 +74,7 @@ class DemoResult:
     markdown: Path
     sweep_dir: Path
     contrast_dir: Path
+    layer_contrast_dir: Path
     check_failures: list[str] = field(default_factory=list)
     sweep_failures: list[str] = field(default_factory=list)
     contrast_failures: list[str] = field(default_factory=list)
@@ -215,7 +223,8 @@ def _run(out: Path, mark: dict, specs, conf: dict, argv: Sequence[str] | None,
     be = backend_mod.current()
     argv = list(argv) if argv is not None else command_argv()
     result = DemoResult(out_dir=out, html=out / "index.html", markdown=out / "report.md",
-                        sweep_dir=out / "sweep", contrast_dir=out / "contrast")
+                        sweep_dir=out / "sweep", contrast_dir=out / "contrast",
+                        layer_contrast_dir=out / "contrast-layer")
     say(f"demo on {be.label}, writing {out}")
 
     start = time.perf_counter()
@@ -242,18 +251,22 @@ def _run(out: Path, mark: dict, specs, conf: dict, argv: Sequence[str] | None,
     result.seconds["sweep"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    say(f"3/4 training-vs-inference contrast into {result.contrast_dir}")
-    doc = contrast_mod.run_contrast(result.contrast_dir, **conf["contrast"], argv=argv,
-                                    progress=lambda m: say(f"  {m}"), part_of=mark)
-    if doc["status"] == "interrupted":
-        raise KeyboardInterrupt
-    result.contrast_failures = [f"contrast {p.get('name')}: {p['error']}"
-                                for p in doc.get("phases", []) if p.get("error")]
+    say(f"3/4 training-vs-inference contrasts into {result.contrast_dir} (feed-forward "
+        f"block) and {result.layer_contrast_dir} (decoder layer: train, prefill, decode)")
+    for key, run_dir in (("contrast", result.contrast_dir),
+                         ("layer_contrast", result.layer_contrast_dir)):
+        doc = contrast_mod.run_contrast(run_dir, **conf[key], argv=argv,
+                                        progress=lambda m: say(f"  {m}"), part_of=mark)
+        if doc["status"] == "interrupted":
+            raise KeyboardInterrupt
+        result.contrast_failures += [f"{run_dir.name} {p.get('name')}: {p['error']}"
+                                     for p in doc.get("phases", []) if p.get("error")]
     result.seconds["contrast"] = time.perf_counter() - start
 
     start = time.perf_counter()
     say("4/4 report")
-    paths = report.write_report([result.sweep_dir, result.contrast_dir], out, claim=False)
+    paths = report.write_report([result.sweep_dir, result.contrast_dir,
+                                 result.layer_contrast_dir], out, claim=False)
     for w in paths.warnings:
         say(f"  warning: {w}")
     result.seconds["report"] = time.perf_counter() - start

@@ -313,9 +313,13 @@ def _verify_attention(out: Path) -> tuple[bool, dict]:
 
 
 def _contrast_argv(out: Path) -> list[str]:
-    return _cli("contrast", "--model-size", "large", "--batch", "1", "--batch", "256",
-                "--batch", "4096", "--duration", "3", "--warmup", "1", "--idle", "3",
-                "--cooldown", "1", "--out", str(out / "contrast"), "--json")
+    # The decoder layer at Llama-3-8B size in its three regimes, the lab's kernels only, on a
+    # grid small enough for the step's budget (first-use autotuning included).
+    return _cli("contrast", "--model", "layer", "--model-size", "llama3-8b", "--impl", "triton",
+                "--train-batch", "1", "--train-seq", "2048", "--prefill-batch", "1",
+                "--prompt", "2048", "--decode-batch", "1", "--decode-batch", "64",
+                "--context", "4096", "--duration", "2", "--warmup", "1", "--idle", "2",
+                "--cooldown", "0.5", "--out", str(out / "contrast"), "--json")
 
 
 def _report_argv(out: Path) -> list[str]:
@@ -338,8 +342,8 @@ STEPS: list[Step] = [
          "sweep-quick/", _verify_sweep),
     Step("sweep-attention", 70, _attention_argv, "flash and decode attention against SDPA's "
          "flash and efficient backends into sweep-attention/", _verify_attention),
-    Step("contrast", 70, _contrast_argv, "a short training-vs-inference contrast (Llama-3-8B "
-         "FFN) into contrast/", _verify_contrast),
+    Step("contrast", 70, _contrast_argv, "a short three-regime contrast (Llama-3-8B decoder "
+         "layer: training step, prefill, decode) into contrast/", _verify_contrast),
     Step("report", 20, _report_argv, "the report of the sweep and the contrast into report/",
          _verify_report),
 ]
