@@ -197,7 +197,7 @@ def test_op_names_never_overprint(tmp_path):
     of every marker, inside the axes, and the first op is named."""
     points = [{**_matmul_row(64, 64, 64), "op": f"op{i}", "intensity": 10.0 * 1.02 ** i,
                "tflops": 1.0 * 1.05 ** i} for i in range(12)]
-    fig, ax = plots._subplots(figsize=(8, 5))
+    fig, ax = plots.subplots(figsize=(8, 5))
     ax.set_xscale("log")
     ax.set_yscale("log")
     for p in points:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from tritonlab.contrast.plan import IMPLS, PlannedPhase, timing_options
+from tritonlab.contrast.plan import IMPLS, PlannedPhase, check_dtype, choices, timing_options
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters as counters_mod
 from tritonlab.measure.stats import median_ci
@@ -144,16 +144,8 @@ def make_layer_plan(backend_name: str, *, model_size: str | None = None, n_layer
                          f"one of: {', '.join(INTERPRETER_SIZES)}")
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
         raise UsageError(f"--layers must be an integer >= 1, got {n_layers}")
-    impls = tuple(dict.fromkeys(impls)) or IMPLS
-    unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        raise UsageError(f"unknown impl {', '.join(map(repr, unknown))}; valid impls: "
-                         f"{', '.join(IMPLS)}")
-    modes = tuple(dict.fromkeys(modes)) or REGIMES
-    unknown = [m for m in modes if m not in REGIMES]
-    if unknown:
-        raise UsageError(f"unknown regime {', '.join(map(repr, unknown))}; valid modes of "
-                         f"--model layer: {', '.join(REGIMES)}")
+    impls = choices(impls, IMPLS, "unknown impl", "valid impls")
+    modes = choices(modes, REGIMES, "unknown regime", "valid modes of --model layer")
     train = _grid(train_batches, train_seqs, d["train"], "train seq")
     prefill = _grid(prefill_batches, prompts, d["prefill"], "prompt")
     decode = _grid(decode_batches, contexts, d["decode"], "context")
@@ -167,12 +159,7 @@ def make_layer_plan(backend_name: str, *, model_size: str | None = None, n_layer
         raise UsageError(f"a prompt or context (+1 decoded token) of {longest} tokens is longer "
                          f"than the KV cache (--max-seq {max_seq}); use contexts <= "
                          f"{max_seq - 1} and prompts <= {max_seq}, or a larger --max-seq")
-    dtype = dtype or d["dtype"]
-    if dtype not in DTYPES:
-        raise UsageError(f"unsupported dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
-    if backend_name != "cuda" and dtype == "bfloat16":
-        raise UsageError("bfloat16 is wrong under the Triton interpreter (its bf16 dot returns "
-                         "garbage); use float32 or float16, or run on a GPU")
+    dtype = check_dtype(dtype or d["dtype"], backend_name)
     timing, warnings = timing_options(d, duration_s=duration_s, warmup_s=warmup_s,
                                       idle_s=idle_s, cooldown_s=cooldown_s,
                                       interval_ms=interval_ms)

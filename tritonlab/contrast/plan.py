@@ -95,6 +95,29 @@ class PlannedPhase:
 SECOND_AXIS = {"train": ("s", "seq"), "prefill": ("p", "prompt"), "decode": ("c", "context")}
 
 
+def choices(values: Sequence[str], valid: Sequence[str], unknown_what: str,
+            valid_what: str) -> tuple[str, ...]:
+    """``values`` without repeats (all of ``valid`` when empty), or a UsageError
+    "<unknown_what> 'x'; <valid_what>: a, b" naming the valid ones."""
+    values = tuple(dict.fromkeys(values)) or tuple(valid)
+    unknown = [v for v in values if v not in valid]
+    if unknown:
+        raise UsageError(f"{unknown_what} {', '.join(map(repr, unknown))}; {valid_what}: "
+                         f"{', '.join(valid)}")
+    return values
+
+
+def check_dtype(dtype: str, backend_name: str) -> str:
+    """``dtype`` if the backend computes it correctly, else a UsageError naming the valid
+    ones (bf16 is wrong under the interpreter)."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unsupported dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    if backend_name != "cuda" and dtype == "bfloat16":
+        raise UsageError("bfloat16 is wrong under the Triton interpreter (its bf16 dot returns "
+                         "garbage); use float32 or float16, or run on a GPU")
+    return dtype
+
+
 def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
               duration_s: float | None = None, model_size: str | None = None,
               impls: Sequence[str] = IMPLS, modes: Sequence[str] = MODES,
@@ -116,22 +139,9 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
     if backend_name != "cuda" and model_size not in INTERPRETER_SIZES:
         raise UsageError(f"model size {model_size!r} needs a GPU; under the interpreter use "
                          f"one of: {', '.join(INTERPRETER_SIZES)}")
-    impls = tuple(dict.fromkeys(impls)) or IMPLS
-    unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        raise UsageError(f"unknown impl {', '.join(map(repr, unknown))}; valid impls: "
-                         f"{', '.join(IMPLS)}")
-    modes = tuple(dict.fromkeys(modes)) or MODES
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise UsageError(f"unknown mode {', '.join(map(repr, unknown))}; valid modes: "
-                         f"{', '.join(MODES)}")
-    dtype = dtype or d["dtype"]
-    if dtype not in DTYPES:
-        raise UsageError(f"unsupported dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
-    if backend_name != "cuda" and dtype == "bfloat16":
-        raise UsageError("bfloat16 is wrong under the Triton interpreter (its bf16 dot returns "
-                         "garbage); use float32 or float16, or run on a GPU")
+    impls = choices(impls, IMPLS, "unknown impl", "valid impls")
+    modes = choices(modes, MODES, "unknown mode", "valid modes")
+    dtype = check_dtype(dtype or d["dtype"], backend_name)
     timing, warnings = timing_options(d, duration_s=duration_s, warmup_s=warmup_s,
                                       idle_s=idle_s, cooldown_s=cooldown_s,
                                       interval_ms=interval_ms)

@@ -96,6 +96,33 @@ def _attn_fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stri
 
 
 @triton.jit
+def _query_block_heads(bh, H, GROUP):
+    """(batch, query head, KV head) of program row ``bh`` = batch * H + head, as int64 so
+    that index * stride cannot overflow."""
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    return b, h.to(tl.int64), (h // GROUP).to(tl.int64)
+
+
+@triton.jit
+def _visible_keys(start_m, SEQ_Q, SEQ_K, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """The key range of the query block [start_m, start_m + BLOCK_M) as (full_end, hi):
+    the key blocks [0, full_end) are seen by every row (they need no mask), and keys up to
+    hi (exclusive) by some row. Causal: row i sees keys j <= i + SEQ_K - SEQ_Q, so the
+    first row sees up to start_m + shift and the last up to start_m + BLOCK_M - 1 + shift;
+    otherwise every key, the last partial block masked for the keys past SEQ_K."""
+    if CAUSAL:
+        shift = SEQ_K - SEQ_Q
+        full_end = (tl.minimum(start_m + shift + 1, SEQ_K) // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(start_m + BLOCK_M + shift, SEQ_K)
+    else:
+        full_end = (SEQ_K // BLOCK_N) * BLOCK_N
+        hi = SEQ_K
+    return full_end, hi
+
+
+@triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -124,10 +151,7 @@ def _attn_fwd_kernel(
     """
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    kvh = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
+    b, h, kvh = _query_block_heads(bh, H, GROUP)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + kvh * stride_kh
     v_base = v_ptr + b * stride_vb + kvh * stride_vh
@@ -143,14 +167,7 @@ def _attn_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
     causal_shift = SEQ_K - SEQ_Q
-    if CAUSAL:
-        # Keys every row of the block sees: j <= start_m + shift; the last row sees up to
-        # start_m + BLOCK_M - 1 + shift.
-        full_end = (tl.minimum(start_m + causal_shift + 1, SEQ_K) // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(start_m + BLOCK_M + causal_shift, SEQ_K)
-    else:
-        full_end = (SEQ_K // BLOCK_N) * BLOCK_N
-        hi = SEQ_K
+    full_end, hi = _visible_keys(start_m, SEQ_Q, SEQ_K, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd,
                                     stride_vn, stride_vd, 0, full_end, offs_m, offs_n, offs_d,
                                     SEQ_K, causal_shift, qk_scale, False, CAUSAL,
@@ -356,10 +373,7 @@ def _attn_bwd_dq_kernel(
     """
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    kvh = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
+    b, h, kvh = _query_block_heads(bh, H, GROUP)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -375,12 +389,7 @@ def _attn_bwd_dq_kernel(
     v_base = v_ptr + b * stride_vb + kvh * stride_vh
 
     causal_shift = SEQ_K - SEQ_Q
-    if CAUSAL:
-        full_end = (tl.minimum(start_m + causal_shift + 1, SEQ_K) // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(start_m + BLOCK_M + causal_shift, SEQ_K)
-    else:
-        full_end = (SEQ_K // BLOCK_N) * BLOCK_N
-        hi = SEQ_K
+    full_end, hi = _visible_keys(start_m, SEQ_Q, SEQ_K, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
     dq = _attn_bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd,
                             stride_vn, stride_vd, 0, full_end, offs_m, offs_n, offs_d, SEQ_K,

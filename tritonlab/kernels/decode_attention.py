@@ -47,10 +47,10 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonlab import backend
 from tritonlab.kernels._gemm import (
     check_no_grad,
     check_operand,
+    check_same,
     dtype_name,
     precision_for,
 )
@@ -438,20 +438,11 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table):
     _check_index("cache_seqlens", cache_seqlens, 1)
     if block_table is not None:
         _check_index("block_table", block_table, 2)
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {dtype_name(t.dtype)} but q has "
-                            f"{dtype_name(q.dtype)}; q, k_cache and v_cache must match")
-    named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
-             "block_table": block_table}
-    for name, t in named.items():
+    check_same(q=q, k_cache=k_cache, v_cache=v_cache)
+    for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):
         if t is not None and t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}; all tensors "
                              f"must be on the same device")
-    want = backend.current().device
-    if q.device.type != want:
-        raise ValueError(f"tensors are on {q.device} but the {backend.current().name} backend "
-                         f"runs on {want}")
     check_no_grad("decode_attention", q=q, k_cache=k_cache, v_cache=v_cache)
 
     batch, n_heads, head_dim = q.shape
