@@ -66,10 +66,10 @@ class AttentionOp(OpSpec):
     def __init__(self, name: str, *, causal: bool, description: str):
         self.causal = causal
         self.tags = {"mask": "causal" if causal else "none"}
-        tiny = [_shape(1, 2, 2, 64, 64, 32), _shape(1, 4, 1, 17, 17, 32),
-                _shape(2, 4, 2, 40, 40, 64), _shape(1, 2, 1, 24, 70, 32)]
+        tiny = [_shape(1, 2, 2, 32, 32, 32), _shape(1, 4, 1, 17, 17, 32),
+                _shape(1, 4, 2, 33, 33, 64), _shape(1, 2, 1, 24, 40, 32)]
         if not causal:
-            tiny.append(_shape(1, 2, 1, 50, 33, 32))
+            tiny.append(_shape(1, 2, 1, 40, 25, 32))
         self.presets = {
             # tiny: interpreter-sized; odd lengths, GQA 1, 2 and multi-query, SQ != SK.
             "tiny": tiny,
