@@ -528,12 +528,7 @@ def _prepare_out(out: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
     if out is None:
         return torch.empty(q.shape, dtype=q.dtype, device=q.device)
     check_operand("out", out, 3)
-    if out.dtype != q.dtype:
-        raise TypeError(f"out has dtype {dtype_name(out.dtype)} but q has "
-                        f"{dtype_name(q.dtype)}; they must match")
-    if out.device != q.device:
-        raise ValueError(f"out is on {out.device} but q is on {q.device}; all tensors must be "
-                         f"on the same device")
+    check_same(q=q, out=out)
     if out.shape != q.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}; expected {tuple(q.shape)}")
     return out
