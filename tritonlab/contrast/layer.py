@@ -18,6 +18,7 @@ formulas and the per-phase metrics added to the rows; the verdict is in
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -263,6 +264,13 @@ class Built:
     footprint: dict[str, int]
 
 
+@functools.lru_cache(maxsize=1)
+def _master_weights(cfg: LayerConfig, n_layers: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The serving phases' fp32 weights on the CPU, drawn once per run rather than once per
+    phase (a Llama-3-8B layer takes seconds to draw); serving never writes them."""
+    return init_params(cfg, n_layers, torch.float32, "cpu", seed)
+
+
 def build_step(plan: LayerPlan, phase: PlannedPhase, *, data_seed: int, device) -> Built:
     """Build the workload of ``phase`` on the plan's weights (:func:`init_params` from the
     plan's seed: the same values in every regime) and one fixed input."""
@@ -274,8 +282,7 @@ def build_step(plan: LayerPlan, phase: PlannedPhase, *, data_seed: int, device) 
         x, target = work.make_batch(b, n, data_seed)
         return Built(lambda: work.step(x, target), work.flops(b, n), b * n, nbytes,
                      work.footprint(b, n))
-    weights = ServingWeights(cfg, init_params(cfg, L, torch.float32, "cpu", plan.seed),
-                             dtype=dt, device=device)
+    weights = ServingWeights(cfg, _master_weights(cfg, L, plan.seed), dtype=dt, device=device)
     g = torch.Generator(device="cpu").manual_seed(data_seed)
     cache = KVCache(cfg, L, b, plan.max_seq, dtype=dt, device=device, block_size=BLOCK_SIZE,
                     seed=plan.seed)
