@@ -288,7 +288,7 @@ def _recorder(names: list):
 def test_a_failed_phase_is_recorded_and_the_run_goes_on(tmp_path):
     out = tmp_path / "run"
     lines, ranges = [], []
-    doc = contrast.run_contrast(out, batches=(4,), duration_s=1.0, idle_s=1.0, warmup_s=0,
+    doc = contrast.run_contrast(out, model="ffn", batches=(4,), duration_s=1.0, idle_s=1.0, warmup_s=0,
                                 cooldown_s=0, progress=lines.append, workloads=_triton_fails,
                                 ranges=_recorder(ranges))
     check_run_dir(out, doc, flops_of=_lab_flops)
@@ -316,8 +316,8 @@ def test_a_failed_phase_is_recorded_and_the_run_goes_on(tmp_path):
 
 def test_cli_contrast_end_to_end_with_the_lab_workloads(tmp_path):
     out = tmp_path / "run"
-    r = run_cli("contrast", "--duration", "1", "--batch", "1", "--batch", "64", "--idle", "1",
-                "--warmup", "0", "--cooldown", "0", "--out", str(out), "--json", timeout=240)
+    r = run_cli("contrast", "--model", "ffn", "--duration", "1", "--batch", "1", "--batch", "64",
+                "--idle", "1", "--warmup", "0", "--cooldown", "0", "--out", str(out), "--json", timeout=240)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert "verdict:" in r.stderr and "[1/8]" in r.stderr
@@ -337,7 +337,7 @@ def test_nvtx_ranges_only_on_cuda():
 
 @pytest.mark.gpu
 def test_contrast_on_a_gpu_measures_power_and_energy(gpu, tmp_path):
-    doc = contrast.run_contrast(tmp_path / "run", batches=(1, 2048), duration_s=1.5,
+    doc = contrast.run_contrast(tmp_path / "run", model="ffn", batches=(1, 2048), duration_s=1.5,
                                 model_size="small", idle_s=1.0, warmup_s=0.5, cooldown_s=0.5)
     assert doc["counters"] == "nvml" and doc["verdict"]["label"].startswith("GPU counters")
     measured = [p for p in doc["phases"] if p["mode"] in ("train", "infer")]

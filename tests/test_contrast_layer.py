@@ -253,9 +253,9 @@ def test_resume_completes_an_interrupted_layer_run(tmp_path, monkeypatch):
     (["--impl", "cutlass"], "valid impls: triton, torch"),
 ])
 def test_layer_bad_input_exits_2_naming_the_choices(args, message, tmp_path):
-    """Bad layer options exit 2 before anything runs, naming the valid choices."""
-    result = CliRunner().invoke(cli, ["contrast", "--model", "layer", *args,
-                                      "--out", str(tmp_path / "run")])
+    """Bad layer options exit 2 before anything runs, naming the valid choices (with no
+    --model: the layer is the default)."""
+    result = CliRunner().invoke(cli, ["contrast", *args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert not (tmp_path / "run").exists()

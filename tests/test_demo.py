@@ -17,7 +17,7 @@ from tritonlab.runs import store
 # The contrast runs the training and inference workloads of tritonlab.workloads.
 HAVE_WORKLOADS = all(importlib.util.find_spec(f"tritonlab.workloads.{m}") is not None
                      for m in ("train", "infer"))
-SHORT_CONTRAST = {"contrast": dict(batches=(1, 16), duration_s=1.0, model_size="tiny",
+SHORT_CONTRAST = {"contrast": dict(model="ffn", batches=(1, 16), duration_s=1.0, model_size="tiny",
                                    warmup_s=0.1, idle_s=1.0, cooldown_s=0.1),
                   "layer_contrast": dict(model="layer", model_size="tiny", duration_s=1.0,
                                          warmup_s=0.1, idle_s=0.0, cooldown_s=0.0,

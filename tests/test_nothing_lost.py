@@ -203,7 +203,7 @@ def test_a_sweep_stopped_before_its_first_point_exits_130(tmp_path, sig):
 
 def test_an_interrupted_contrast_keeps_its_phases_and_resumes(tmp_path):
     out = tmp_path / "run"
-    args = ["contrast", "--mode", "infer", "--batch", "1", "--batch", "2", "--batch", "3",
+    args = ["contrast", "--model", "ffn", "--mode", "infer", "--batch", "1", "--batch", "2", "--batch", "3",
             "--duration", "1", "--idle", "0", "--warmup", "0", "--cooldown", "0",
             "--interval-ms", "50", "--out", str(out)]
     doc_path = out / store.CONTRAST

@@ -1,5 +1,6 @@
-"""``tritonlab contrast``: training vs inference on the same model (``--model ffn``), or the
-decoder layer in three regimes, train, prefill and decode (``--model layer``)."""
+"""``tritonlab contrast``: the decoder layer in three regimes, train, prefill and decode
+(``--model layer``, the default), or the feed-forward block trained and served
+(``--model ffn``)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def _grid_option(flag: str, dest: str, unit: str, text: str):
 
 
 @click.command("contrast")
-@click.option("--model", type=click.Choice(("ffn", "layer")), default="ffn", show_default=True,
-              help="ffn: the feed-forward block, training vs inference; layer: the decoder "
-                   "layer in three regimes (train, prefill, decode) on the same weights.")
+@click.option("--model", type=click.Choice(("layer", "ffn")), default="layer", show_default=True,
+              help="layer: the decoder layer in three regimes (train, prefill, decode) on "
+                   "the same weights; ffn: the feed-forward block, training vs inference.")
 @click.option("--layers", "n_layers", type=BoundedInt(1, 1024, unit="layers", label="--layers"),
               default=None, help="--model layer: decoder layers (default 1).")
 @_grid_option("--train-batch", "train_batches", "sequences",

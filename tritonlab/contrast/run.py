@@ -76,7 +76,7 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
                  argv: Sequence[str] | None = None,
                  workloads: WorkloadFactory = lab_workloads,
                  ranges: RangeFactory | None = None, resume: bool = False,
-                 part_of: Mapping | None = None, model: str = "ffn",
+                 part_of: Mapping | None = None, model: str = "layer",
                  grid: Mapping | None = None) -> dict:
     """Run the contrast and write the run directory ``out_dir``; returns contrast.json's
     document. Options left None take the backend's defaults (:data:`DEFAULTS`); bad options
@@ -87,11 +87,12 @@ def run_contrast(out_dir, *, batches: Sequence[int] | None = None,
     ``ranges(name)`` opens a range around each phase (default: NVTX on CUDA, nothing under
     the interpreter). ``part_of``: the job the run is written for (the demo's marker).
     ``modes``: default all of the model's (``train``, ``infer``; or the layer's regimes).
-    ``model``: ``ffn`` (the feed-forward block, training vs inference, the default) or
-    ``layer`` (the decoder layer in three regimes, :mod:`tritonlab.contrast.layer`; then
-    ``modes`` are its regimes, ``batches`` must be None and ``grid`` holds the keyword
-    arguments of :func:`~tritonlab.contrast.layer.make_layer_plan` that set the layer count,
-    the grid and the caches' capacity; ``workloads`` is not used).
+    ``model``: ``layer`` (the default) or ``ffn`` (the feed-forward block, training vs
+    inference). ``layer`` is the decoder layer in three regimes
+    (:mod:`tritonlab.contrast.layer`); then ``modes`` are its regimes, ``batches`` must be
+    None and ``grid`` holds the keyword arguments of
+    :func:`~tritonlab.contrast.layer.make_layer_plan` that set the layer count, the grid and
+    the caches' capacity; ``workloads`` is not used).
 
     contrast.json is rewritten (atomically) after every phase, so a crash loses at most the
     phase in progress. Ctrl-C (or SIGTERM / SIGHUP under
