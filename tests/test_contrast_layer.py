@@ -263,8 +263,8 @@ def test_layer_bad_input_exits_2_naming_the_choices(args, message, tmp_path):
 
 def test_layer_options_are_refused_for_the_ffn_model(tmp_path):
     """Layer options with --model ffn, and an unknown model, are usage errors."""
-    result = CliRunner().invoke(cli, ["contrast", "--train-seq", "16", "--layers", "2",
-                                      "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(cli, ["contrast", "--model", "ffn", "--train-seq", "16",
+                                      "--layers", "2", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "--layers, --train-seq: options of --model layer" in result.stderr
     with pytest.raises(UsageError, match="valid models: ffn, layer"):
