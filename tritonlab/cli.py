@@ -52,6 +52,7 @@ COMMANDS = {
     "inspect": "tritonlab.commands.inspect_kernels:inspect_cmd",
     "new": "tritonlab.commands.new:new_cmd",
     "gpu-check": "tritonlab.commands.gpu_check:gpu_check_cmd",
+    "predict": "tritonlab.commands.predict:predict_cmd",
 }
 
 

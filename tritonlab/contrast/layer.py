@@ -29,6 +29,7 @@ import torch
 from tritonlab.contrast.plan import IMPLS, PlannedPhase, check_dtype, choices, timing_options
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters as counters_mod
+from tritonlab.measure.regimes import first_batch_reaching
 from tritonlab.measure.stats import median_ci
 from tritonlab.ops.contract import DTYPES
 from tritonlab.ops.decode_attention import seq_lengths
@@ -414,16 +415,5 @@ def decode_flip_batch(cfg: LayerConfig, n_layers: int, context: int, dtype: str,
         return (decode_flops(cfg, n_layers, decode_lengths(b, context))
                 / compulsory_bytes(cfg, n_layers, "decode", b, context, dt)["total"])
 
-    if intensity(limit) < ridge:
-        return None
-    lo, hi = 1, limit
-    if intensity(lo) >= ridge:
-        return lo
-    while hi - lo > 1:  # intensity rises with the batch: bisect for the crossing
-        mid = (lo + hi) // 2
-        if intensity(mid) >= ridge:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return first_batch_reaching(intensity, ridge, limit)
 

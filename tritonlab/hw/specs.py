@@ -138,6 +138,77 @@ DEVICES: tuple[DeviceSpec, ...] = (
 )
 
 
+# ------------------------------------------------------------------------- power model
+
+# Energy per byte moved from DRAM to the SMs: the DRAM access (HBM2: 3.9 pJ/bit, O'Connor et
+# al., "Fine-Grained DRAM", MICRO 2017; GDDR6: about 7.5 pJ/bit, the figure Micron quotes)
+# times 2 for the on-chip path it then takes (L2, crossbar, shared memory: an assumption of
+# the same order as the DRAM access).
+_HBM_PJ_PER_BYTE = 3.9 * 8 * 2
+_GDDR_PJ_PER_BYTE = 7.5 * 8 * 2
+# Idle power as a share of the TDP (an assumption: an H100 SXM board idles near 70 W of its
+# 700 W; the share varies by board, which is why `tritonlab predict --calibrate` fits it).
+IDLE_SHARE = 0.10
+# A dense GEMM at this share of a dtype's peak is taken to draw the TDP (large GEMMs reach
+# the power limit on A100/H100-class boards); e_flop follows from it.
+GEMM_AT_TDP = 0.80
+_HBM = re.compile(r"A100|H100|H200|GH200|V100")
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Board power of one GPU model as idle power plus energy per FLOP and per byte moved,
+    capped at the power limit (the energy roofline of Choi et al., IPDPS 2013):
+
+        P = min(limit_w, idle_w + pj_per_flop[key] * FLOP/s + pj_per_byte * bytes/s)
+
+    ``pj_per_flop`` per compute key of :data:`COMPUTE_KEYS` (None where the model has no
+    peak for it); ``source`` says where each coefficient comes from."""
+
+    idle_w: float
+    limit_w: float
+    pj_per_flop: dict[str, float | None]
+    pj_per_byte: float
+    source: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PowerModel:
+        return cls(idle_w=float(d["idle_w"]), limit_w=float(d["limit_w"]),
+                   pj_per_flop=dict(d["pj_per_flop"]), pj_per_byte=float(d["pj_per_byte"]),
+                   source=str(d.get("source", "")))
+
+
+def power_model(spec: DeviceSpec) -> PowerModel | None:
+    """The default power coefficients of a table entry, None where its TDP is unknown (the
+    GH200 shares its module power with the CPU):
+
+    * limit_w: the datasheet TDP;
+    * idle_w: :data:`IDLE_SHARE` of the TDP (assumption);
+    * pj_per_byte: HBM or GDDR energy per bit, doubled for the on-chip path (see
+      ``_HBM_PJ_PER_BYTE``);
+    * pj_per_flop[key]: (TDP - idle) / (:data:`GEMM_AT_TDP` * peak[key]): a GEMM at 80% of
+      the dense peak draws the TDP (derived from the datasheet, not measured)."""
+    if spec.tdp_w is None:
+        return None
+    idle = IDLE_SHARE * spec.tdp_w
+    hbm = bool(_HBM.search(spec.name))
+    per_flop = {key: None if not peak else
+                (spec.tdp_w - idle) / (GEMM_AT_TDP * peak * 1e12) * 1e12
+                for key, peak in spec.tflops.items()}
+    memory = ("HBM 3.9 pJ/bit (O'Connor et al., MICRO 2017)" if hbm else
+              "GDDR6 about 7.5 pJ/bit (Micron)")
+    return PowerModel(
+        idle_w=idle, limit_w=float(spec.tdp_w), pj_per_flop=per_flop,
+        pj_per_byte=_HBM_PJ_PER_BYTE if hbm else _GDDR_PJ_PER_BYTE,
+        source=(f"defaults: limit = datasheet TDP ({spec.source}); idle = "
+                f"{IDLE_SHARE:.0%} of TDP (assumption); per byte = {memory} x 2 for the "
+                f"on-chip path (assumption); per FLOP = a GEMM at {GEMM_AT_TDP:.0%} of the "
+                f"dense peak draws the TDP (derived from the datasheet)"))
+
+
 def lookup(device_name: str) -> DeviceSpec | None:
     """The datasheet entry of a device name as the driver reports it, or None."""
     for spec in DEVICES:

@@ -10,7 +10,10 @@ present:
    interpreter), every point checked before it is timed;
 3. a short training-vs-inference contrast of the feed-forward block into ``OUT/contrast``,
    and one of the decoder layer in its three regimes (training step, prefill, decode) into
-   ``OUT/contrast-layer``;
+   ``OUT/contrast-layer``; then the predicted section: Llama-3-8B's layers on an H100 SXM5
+   and three other GPUs by the analytic model of :mod:`tritonlab.predict` (labelled as a
+   prediction), and the model against the sweep and the layer contrast, written as each
+   run's ``prediction.json``;
 4. the report of the three runs: ``OUT/index.html`` and ``OUT/report.md``.
 
 Without a GPU it finishes in about 5 minutes on 2 cores (315 s measured): the check takes 2 tiny
@@ -39,6 +42,9 @@ from tritonlab.measure import check
 from tritonlab.ops import registry
 from tritonlab.ops.contract import dtype_name
 from tritonlab.output import dumps
+from tritonlab.predict import against as predict_against
+from tritonlab.predict import points as predict_points
+from tritonlab.predict import run as predict_run
 from tritonlab.report import render as report
 from tritonlab.runs import store, sweep
 from tritonlab.runs.records import shape_str
@@ -199,6 +205,19 @@ def _sweep(ops, out: Path, settings: dict, argv: Sequence[str], say, mark: dict)
             f"{r['error']}" for r in result.failed]
 
 
+def _predict(result: DemoResult, say) -> None:
+    """The predicted section: Llama-3-8B's 32 layers in bf16 on the default GPUs (H100 SXM5
+    first) at the contrast's GPU grid, written with the layer contrast as its
+    ``prediction.json``, and the model against the sweep and the layer contrast (on this
+    device: under the interpreter a mechanics check, which the report says)."""
+    doc = predict_run.predict(predict_run.targets_for(()), predict_points.make_grid())
+    predict_against.save(result.layer_contrast_dir, gpus=doc,
+                         against=predict_against.against(result.layer_contrast_dir))
+    predict_against.save(result.sweep_dir, against=predict_against.against(result.sweep_dir))
+    h100 = doc["verdicts"][0]
+    say(f"  {h100['explanation'][1]} ({h100['gpu']}, predicted)")
+
+
 def run_demo(out_dir="reports/demo", *, ops: Sequence[str] = (),
              progress: Callable[[str], None] | None = None,
              settings: dict | None = None, argv: Sequence[str] | None = None) -> DemoResult:
@@ -262,6 +281,12 @@ def _run(out: Path, mark: dict, specs, conf: dict, argv: Sequence[str] | None,
         result.contrast_failures += [f"{run_dir.name} {p.get('name')}: {p['error']}"
                                      for p in doc.get("phases", []) if p.get("error")]
     result.seconds["contrast"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say("then predicted on GPUs (an analytic model, not a measurement): Llama-3-8B's layers "
+        "on H100, A100, L4 and H200, and the model against the runs above")
+    _predict(result, say)
+    result.seconds["predict"] = time.perf_counter() - start
 
     start = time.perf_counter()
     say("4/4 report")

@@ -17,6 +17,7 @@ from tritonlab.hw.devices import Peaks
 from tritonlab.report import sections
 from tritonlab.report.contrast_section import contrast
 from tritonlab.report.document import Block, Heading, Links, Table, walk
+from tritonlab.report.predict_section import predictions
 from tritonlab.report.summary import summary
 from tritonlab.runs.store import Run
 
@@ -46,6 +47,7 @@ def _warnings(ctx: Context) -> list[Block]:
 SECTIONS: list[Section] = [
     Section("warnings", "Warnings", _warnings),
     Section("contrast", "Training vs inference", lambda c: contrast(c.runs, c.fig_dir)),
+    Section("prediction", "Predicted on GPUs", lambda c: predictions(c.runs, c.fig_dir)),
     Section("results", "Results per op", lambda c: sections.op_tables(c.runs, c.fig_dir)),
     Section("roofline", "Roofline",
             lambda c: sections.rooflines(c.runs, c.peaks, c.fig_dir)),
