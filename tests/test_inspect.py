@@ -528,7 +528,7 @@ def gemm_rows(cache) -> dict[str, list[dict]]:
 @pytest.mark.parametrize("name", _inspectable_ops())
 def test_gemm_kernels_static(name, gemm_rows):
     """Each kernel with a tl.dot compiles in its main configs (STATIC_CONFIGS) for sm_80 to
-    HMMA and for sm_90a to HGMMA (wgmma), with no spills. Where Triton cannot use wgmma (a
+    HMMA and for sm_90a to HGMMA (wgmma; QGMMA for fp8), with no spills. Where Triton cannot use wgmma (a
     dot tile whose rows are not a multiple of 64, as in decode kernels), the config is named
     with that reason (a warning) and must still use the tensor cores through HMMA."""
     rows = gemm_rows[name]
@@ -549,7 +549,7 @@ def test_gemm_kernels_static(name, gemm_rows):
             continue  # not a GEMM kernel (e.g. a reduction epilogue)
         tc = r["instructions"]["tensor_core"]
         hmma = any(k.startswith("HMMA") for k in tc)
-        hgmma = any(k.startswith("HGMMA") for k in tc)
+        hgmma = any(k.startswith(("HGMMA", "QGMMA")) for k in tc)  # QGMMA: fp8 wgmma
         if r["arch"] == "sm_80" and not hmma:
             problems.append(f"{where}: no HMMA (tensor core) instruction")
         if r["arch"] == "sm_90a" and not hgmma:

@@ -15,10 +15,11 @@ _backend.current()
 from tritonlab.kernels._splitk import splitk_matmul  # noqa: E402
 from tritonlab.kernels.attention import attention  # noqa: E402
 from tritonlab.kernels.decode_attention import decode_attention  # noqa: E402
+from tritonlab.kernels.fp8_matmul import fp8_matmul, quantize_fp8  # noqa: E402
 from tritonlab.kernels.gated_mlp import gated_mlp  # noqa: E402
 from tritonlab.kernels.linear import Linear, linear  # noqa: E402
 from tritonlab.kernels.matmul import matmul  # noqa: E402
 from tritonlab.kernels.rmsnorm_linear import rmsnorm_linear  # noqa: E402
 
 __all__ = ["Linear", "linear", "matmul", "splitk_matmul", "gated_mlp", "rmsnorm_linear",
-           "attention", "decode_attention"]
+           "attention", "decode_attention", "fp8_matmul", "quantize_fp8"]

@@ -1,6 +1,6 @@
 """Pieces shared by the GEMM-family kernels (matmul, linear, the fused inference ops):
-program-to-tile mapping, per-architecture autotune config lists, a launcher that autotunes on
-CUDA and uses one fixed config under the interpreter, and operand checks.
+program-to-tile mapping, the tensor-descriptor (TMA) operand loads of the persistent main
+loop, per-architecture autotune config lists, and operand checks.
 """
 
 from __future__ import annotations
@@ -65,6 +65,46 @@ def tile_offsets(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         cols = cols.to(tl.int64)
         offs_k = offs_k.to(tl.int64)
     return offs_m, offs_n, rows, cols, offs_k
+
+
+@triton.jit
+def operand_desc(ptr, ROWS, COLS, stride_rows, stride_cols, BLOCK_ROWS: tl.constexpr,
+                 BLOCK_COLS: tl.constexpr, TRANS: tl.constexpr):
+    """A tensor descriptor (TMA on sm_90+) for a ROWS x COLS operand read in BLOCK_ROWS x
+    BLOCK_COLS tiles.
+
+    A descriptor needs a contiguous last dimension, so an operand is described in the
+    orientation in which it is contiguous: row-major (stride_cols == 1, TRANS=False) as
+    itself, column-major (stride_rows == 1, TRANS=True) as its transpose, a COLS x ROWS
+    row-major tensor read in BLOCK_COLS x BLOCK_ROWS tiles; :func:`desc_tile` undoes the
+    transpose in registers (free: wgmma reads either orientation from shared memory).
+    Out-of-bounds elements of a tile load as zeros, so neither edges nor the K tail need a
+    mask. Base and leading stride must be 16-byte aligned (checked by the launcher).
+    """
+    if TRANS:
+        desc = tl.make_tensor_descriptor(ptr, shape=[COLS, ROWS], strides=[stride_cols, 1],
+                                         block_shape=[BLOCK_COLS, BLOCK_ROWS])
+    else:
+        desc = tl.make_tensor_descriptor(ptr, shape=[ROWS, COLS], strides=[stride_rows, 1],
+                                         block_shape=[BLOCK_ROWS, BLOCK_COLS])
+    return desc
+
+
+@triton.jit
+def desc_tile(desc, row, col, TRANS: tl.constexpr):
+    """The (BLOCK_ROWS, BLOCK_COLS) tile at (row, col) of an operand described by
+    :func:`operand_desc` with the same TRANS."""
+    if TRANS:
+        tile = desc.load([col, row]).T
+    else:
+        tile = desc.load([row, col])
+    return tile
+
+
+@triton.jit
+def halves(t, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """The left and right column halves of a ROWS x COLS tile."""
+    return tl.split(tl.permute(tl.reshape(t, (ROWS, 2, COLS // 2)), (0, 2, 1)))
 
 
 def _cfg(bm, bn, bk, stages, warps, group=8, **extra) -> triton.Config:

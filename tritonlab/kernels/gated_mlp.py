@@ -14,6 +14,10 @@ loaded, and the 1/rms row scale multiplies both accumulators in the epilogue, si
 (r x g) W^T = r ((x g) W^T). Op ``rmsnorm_gated_mlp`` measures that variant.
 
 Decode-sized M (<= 16 rows) goes to the split-K kernel of :mod:`._splitk` with both weights.
+On sm_90+ the other sizes run ``_persistent_gated_kernel``: the same math on the persistent
+schedule of :mod:`._persistent` (one program per SM looping over output tiles, x and both
+weights loaded through tensor descriptors, i.e. TMA), when a descriptor can read x, the
+weights and the output; the tiled kernel otherwise, with the reason in ``GATED_LAST``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonlab.kernels._gemm import _cfg, check_no_grad, needs_int64, precision_for, tile_offsets
+from tritonlab.kernels._gemm import (
+    _cfg,
+    check_no_grad,
+    desc_tile,
+    grouped_tile,
+    needs_int64,
+    operand_desc,
+    precision_for,
+    tile_offsets,
+)
+from tritonlab.kernels._persistent import descriptor_problem, prepare_launch, tma_device
 from tritonlab.kernels._splitk import (
     DECODE_MAX_M,
     as_rows,
@@ -36,7 +50,7 @@ from tritonlab.kernels._splitk import (
 )
 from tritonlab.kernels.tuning import LastConfig, TunedKernel
 
-__all__ = ["gated_mlp", "GATED_ACTIVATIONS", "GATED_KERNEL", "GATED_LAST"]
+__all__ = ["gated_mlp", "GATED_ACTIVATIONS", "GATED_KERNEL", "GATED_PERSISTENT", "GATED_LAST"]
 
 GATED_ACTIVATIONS = ("silu", "gelu_tanh")
 
@@ -113,6 +127,70 @@ def _gated_mlp_kernel(
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _persistent_gated_kernel(
+    x_ptr, wg_ptr, wu_ptr, nw_ptr, out_ptr,
+    M, N, K, eps,
+    stride_xm, stride_xk,
+    stride_gn, stride_gk,
+    stride_un, stride_uk,
+    stride_nw,
+    stride_om,
+    X_T: tl.constexpr, G_T: tl.constexpr, U_T: tl.constexpr,
+    ACTIVATION: tl.constexpr, RMS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    """Y = act(X Wg^T) * (X Wu^T) (X replaced by RMSNorm(X) * nw with RMS), persistent over
+    output tiles: the schedule and descriptor loads of ``_persistent_matmul_kernel``
+    (kernels/_persistent.py) with the two-accumulator K loop of ``_gated_mlp_kernel``.
+
+    x_ptr: X (M, K); row-major (X_T=False) or column-major (X_T=True).
+    wg_ptr, wu_ptr: W_gate, W_up (N, K), read as the (K, N) operands W^T: G_T / U_T are
+        True for the usual row-major weights (W^T is then column-major).
+    nw_ptr: RMSNorm weight (K,), stride stride_nw (RMS only). out_ptr: Y (M, N), row-major
+        (row stride stride_om), written once through a descriptor.
+    NUM_SMS: the tile stride; grid (min(NUM_SMS, tiles),). FLATTEN: as in the matmul kernel.
+    Both products and the sum of squares accumulate in fp32; descriptor loads zero-fill
+    past the edges (zero rows and K columns add nothing to the sums of squares either);
+    assumes the descriptor rules (checked by the launcher).
+    """
+    start = tl.program_id(0)
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    x_desc = operand_desc(x_ptr, M, K, stride_xm, stride_xk, BLOCK_M, BLOCK_K, X_T)
+    g_desc = operand_desc(wg_ptr, K, N, stride_gk, stride_gn, BLOCK_K, BLOCK_N, G_T)
+    u_desc = operand_desc(wu_ptr, K, N, stride_uk, stride_un, BLOCK_K, BLOCK_N, U_T)
+    o_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[stride_om, 1],
+                                       block_shape=[BLOCK_M, BLOCK_N])
+    tile_c = start - NUM_SMS  # the epilogue's own tile counter (see the matmul kernel)
+    for tile in tl.range(start, num_tiles, NUM_SMS, flatten=FLATTEN):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for ki in range(k_tiles):
+            off_k = ki * BLOCK_K
+            x = desc_tile(x_desc, off_m, off_k, X_T)
+            if RMS:
+                ks = off_k + tl.arange(0, BLOCK_K)
+                nw = tl.load(nw_ptr + ks * stride_nw, mask=ks < K, other=0.0)
+                x, ss = fold_norm(x, nw, ss)
+            acc_g = tl.dot(x, desc_tile(g_desc, off_k, off_n, G_T), acc_g,
+                           input_precision=INPUT_PRECISION)
+            acc_u = tl.dot(x, desc_tile(u_desc, off_k, off_n, U_T), acc_u,
+                           input_precision=INPUT_PRECISION)
+        tile_c += NUM_SMS
+        pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        y = fused_epilogue(acc_g, acc_u, ss, None, offs_n, N, K, eps, 0,
+                           ACTIVATION, True, RMS, False)
+        o_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y.to(out_ptr.dtype.element_ty))
+
+
 def gated_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
     """Autotune candidates for the two-accumulator kernel. Two fp32 accumulators double the
     registers of a plain GEMM tile, so the largest tile is 128 x 128 with 8 warps (two
@@ -147,6 +225,31 @@ GATED_KERNEL = TunedKernel(
     heuristics={"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0},
 )
 GATED_LAST = LastConfig()
+
+
+def persistent_gated_configs(capability: tuple[int, int], dtype: torch.dtype
+                             ) -> list[triton.Config]:
+    """:func:`gated_configs` with the persistent kernel's keys: GROUP_SIZE_M, and FLATTEN on
+    sm_90+ (the next tile's loads overlap this tile's epilogue)."""
+    return [triton.Config({**{k: v for k, v in c.kwargs.items() if k != "GROUP_M"},
+                           "GROUP_SIZE_M": c.kwargs["GROUP_M"], "FLATTEN": capability[0] >= 9},
+                          num_stages=c.num_stages, num_warps=c.num_warps)
+            for c in gated_configs(capability, dtype)]
+
+
+GATED_PERSISTENT = TunedKernel(
+    _persistent_gated_kernel,
+    key=["M", "N", "K", "X_T", "G_T", "U_T", "INPUT_PRECISION", "RMS", "ACTIVATION"],
+    configs=persistent_gated_configs,
+    interpreter_config=triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64,
+                                      "GROUP_SIZE_M": 2, "FLATTEN": False},
+                                     num_stages=1, num_warps=4),
+)
+
+
+def _persistent_problem(x2, w_gate, w_up, out2) -> str | None:
+    return (descriptor_problem("x", x2) or descriptor_problem("w_gate", w_gate)
+            or descriptor_problem("w_up", w_up) or descriptor_problem("out", out2, row_major=True))
 
 
 def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
@@ -187,6 +290,27 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
                                          activation=activation, precision=precision)
         return out
     rms = norm_weight is not None
+    fallback = None
+    if tma_device(x2.device):
+        fallback = _persistent_problem(x2, w_gate, w_up, out2)
+        if fallback is None:
+            sms = prepare_launch(x2.device)
+            GATED_PERSISTENT.launch(
+                lambda meta: (min(sms, triton.cdiv(M, meta["BLOCK_M"])
+                                  * triton.cdiv(N, meta["BLOCK_N"])),),
+                x2.dtype,
+                x2, w_gate, w_up, norm_weight, out2, M, N, K, eps,
+                x2.stride(0), x2.stride(1), w_gate.stride(0), w_gate.stride(1),
+                w_up.stride(0), w_up.stride(1), norm_weight.stride(0) if rms else 0,
+                out2.stride(0),
+                X_T=x2.stride(1) != 1, G_T=w_gate.stride(1) == 1, U_T=w_up.stride(1) == 1,
+                ACTIVATION=activation, RMS=rms, INPUT_PRECISION=precision, NUM_SMS=sms,
+            )
+            cfg = GATED_PERSISTENT.last_config or {}
+            tiles = (triton.cdiv(M, cfg.get("BLOCK_M", 1))
+                     * triton.cdiv(N, cfg.get("BLOCK_N", 1)))
+            GATED_LAST.value = {"path": "persistent", "programs": min(sms, tiles), **cfg}
+            return out
     GATED_KERNEL.launch(
         lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),),
         x2.dtype,
@@ -198,5 +322,7 @@ def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
         USE_INT64=needs_int64(x2, w_gate, w_up, out2),
     )
     GATED_LAST.tiled(GATED_KERNEL)
+    if fallback:
+        GATED_LAST.value["fallback"] = fallback
     return out
 

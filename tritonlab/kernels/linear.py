@@ -65,9 +65,11 @@ from tritonlab.kernels._gemm import (
     dtype_name,
     gemm_configs,
     grouped_tile,
+    halves,
     needs_int64,
     precision_for,
 )
+from tritonlab.kernels._persistent import descriptor_problem, launch_persistent, tma_device
 from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk
 from tritonlab.kernels.tuning import INTERPRETER_CONFIG, LastConfig, TunedKernel
 
@@ -197,9 +199,9 @@ def _linear_fwd_kernel(
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols * stride_b).to(ACC_DTYPE)[None, :]
-    h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
-    q0, q1 = _halves(h0, BLOCK_M, BLOCK_N // 2)
-    q2, q3 = _halves(h1, BLOCK_M, BLOCK_N // 2)
+    h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
+    q0, q1 = halves(h0, BLOCK_M, BLOCK_N // 2)
+    q2, q3 = halves(h1, BLOCK_M, BLOCK_N // 2)
     Q: tl.constexpr = BLOCK_N // 4
     offs_q = pid_n * BLOCK_N + tl.arange(0, Q)
     if USE_INT64:
@@ -212,12 +214,6 @@ def _linear_fwd_kernel(
                   ACTIVATION, SAVE_DACT)
     _fwd_epilogue(q3, offs_m, offs_q + 3 * Q, y_ptr, d_ptr, M, N, stride_ym, stride_yn,
                   ACTIVATION, SAVE_DACT)
-
-
-@triton.jit
-def _halves(t, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """The left and right column halves of a ROWS x COLS tile."""
-    return tl.split(tl.permute(tl.reshape(t, (ROWS, 2, COLS // 2)), (0, 2, 1)))
 
 
 @triton.jit
@@ -474,8 +470,11 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """The forward launcher: y = act(x W^T + b) for x of shape (..., K), and D = act'(Z)
     (shape (M, N)) when ``save_dact``. Inputs are assumed validated by :func:`linear`.
 
-    Every forward goes through here (training, no-grad and inference), so a dispatch to
-    another kernel for some shapes (a small-M decode path) slots in at this one place.
+    Every forward goes through here (training, no-grad and inference), so the dispatch to
+    other kernels happens at this one place: the split-K decode path for M <= 16 (without
+    a saved derivative), on sm_90+ the persistent TMA kernel of :mod:`._persistent` (same
+    epilogue: bias, activation, D = act'(Z)) when a tensor descriptor can read x and the
+    weight, else the tiled forward kernel, with the reason in ``FWD_LAST`` ("fallback").
     """
     n, k = weight.shape
     lead = x.shape[:-1]
@@ -492,6 +491,18 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         return y, d
     if m > 0 and n > 0:
         xr, (m_inner, stride_xo, stride_xm, split) = _rows_of(x)
+        fallback = None
+        if k > 0 and x.dtype != torch.float64 and tma_device(x.device):
+            # Hopper: the persistent TMA main loop with the same fused epilogue, when x's rows
+            # are one (M, K) matrix a tensor descriptor can read.
+            x2 = (xr.as_strided((m, k), (stride_xm, xr.stride(-1)), xr.storage_offset())
+                  if not split else None)
+            fallback = ("x's leading dimensions do not collapse to one row stride" if split
+                        else descriptor_problem("x", x2) or descriptor_problem("weight", weight))
+            if fallback is None:
+                FWD_LAST.value = launch_persistent(x2, weight.t(), y2, precision=precision,
+                                                   bias=bias, activation=activation, dact=d)
+                return y, d
         _FWD.launch(
             lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),),
             x.dtype,
@@ -506,6 +517,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             USE_INT64=needs_int64(xr, weight, y2), ACC_DTYPE=acc_dtype(x.dtype),
         )
         FWD_LAST.tiled(_FWD)
+        if fallback:
+            FWD_LAST.value["fallback"] = fallback
     return y, d
 
 

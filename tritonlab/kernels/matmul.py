@@ -5,6 +5,14 @@ accumulation, a software-pipelined K loop (``num_stages``), masked edges for any
 strides (transposed and non-contiguous operands are read in place, never copied), and int64
 addressing switched on only for tensors whose offsets overflow int32.
 
+Dispatch (docs/matmul.md): decode-sized M (<= 16) runs the split-K kernel of
+:mod:`._splitk`; on sm_90+ every other problem whose operands a tensor descriptor can take
+(one unit stride, 16-byte aligned base and leading stride, C row-major) runs the persistent
+TMA kernel of :mod:`._persistent`, anything else the tiled kernel below, with the reason
+recorded in ``MATMUL_LAST`` (``"fallback"``). Ampere/Ada and the interpreter run the tiled
+kernel unless ``path="persistent"`` asks for the persistent one (the CPU tests check it that
+way). ``MATMUL_LAST()["path"]`` says which ran, and the sweep records it in every row.
+
 Differentiable: with grad mode on and an input requiring grad, :func:`matmul` runs through
 an autograd.Function whose backward is the same kernel on transposed views,
 dA = dC B^T and dB = A^T dC, each launched only when autograd asks for it. The backward
@@ -18,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tritonlab.errors import UsageError
 from tritonlab.kernels._gemm import (
     check_matmul_operands,
     gemm_configs,
@@ -25,10 +34,11 @@ from tritonlab.kernels._gemm import (
     precision_for,
     tile_offsets,
 )
+from tritonlab.kernels._persistent import descriptor_problem, launch_persistent, tma_device
 from tritonlab.kernels._splitk import DECODE_MAX_M, launch_splitk, prepare_out
 from tritonlab.kernels.tuning import LastConfig, TunedKernel
 
-__all__ = ["matmul", "MATMUL_KERNEL", "MATMUL_LAST"]
+__all__ = ["matmul", "MATMUL_KERNEL", "MATMUL_LAST", "PATHS", "persistent_problem"]
 
 
 @triton.jit
@@ -109,8 +119,35 @@ def _grid(M: int, N: int):
     return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
 
+# The values of matmul's ``path`` argument (None: choose, see the module docstring).
+PATHS = ("tiled", "persistent")
+
+
+def persistent_problem(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> str | None:
+    """Why the persistent kernel cannot take these operands (the tensor-descriptor rules of
+    :func:`descriptor_problem`), or None."""
+    return (descriptor_problem("a", a) or descriptor_problem("b", b)
+            or descriptor_problem("out", out, row_major=True))
+
+
+def _choose_path(a, b, out, path: str | None) -> tuple[str, str | None]:
+    """(path to run, why the persistent kernel was not taken or None) outside split-K."""
+    if path == "tiled":
+        return "tiled", None
+    problem = persistent_problem(a, b, out)
+    if path == "persistent":
+        if problem:
+            raise UsageError(f"matmul(path='persistent') cannot read these operands through "
+                             f"tensor descriptors: {problem}; pass path='tiled' or None "
+                             f"(which falls back to the tiled kernel)")
+        return "persistent", None
+    if not tma_device(a.device):
+        return "tiled", None
+    return ("tiled", problem) if problem else ("persistent", None)
+
+
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, precision: str,
-            splitk: bool | None) -> torch.Tensor:
+            splitk: bool | None, path: str | None) -> torch.Tensor:
     """C = A @ B on validated operands (see :func:`matmul`), into ``out`` or a new tensor."""
     M, K = a.shape
     N = b.shape[1]
@@ -119,8 +156,12 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, precisio
         return out
     if K == 0:
         return out.zero_()
-    if (M <= DECODE_MAX_M) if splitk is None else splitk:
+    if (M <= DECODE_MAX_M and path is None) if splitk is None else splitk:
         MATMUL_LAST.value = launch_splitk(a, b, out, precision=precision)
+        return out
+    chosen, fallback = _choose_path(a, b, out, path)
+    if chosen == "persistent":
+        MATMUL_LAST.value = launch_persistent(a, b, out, precision=precision)
         return out
     MATMUL_KERNEL.launch(
         _grid(M, N), a.dtype,
@@ -129,6 +170,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, precisio
         INPUT_PRECISION=precision, USE_INT64=needs_int64(a, b, out),
     )
     MATMUL_LAST.tiled(MATMUL_KERNEL)
+    if fallback:
+        MATMUL_LAST.value["fallback"] = fallback
     return out
 
 
@@ -139,11 +182,11 @@ class _MatmulFunction(torch.autograd.Function):
     when autograd records them (``create_graph=True``)."""
 
     @staticmethod
-    def forward(ctx, a, b, precision, splitk):
+    def forward(ctx, a, b, precision, splitk, path):
         need_a, need_b = ctx.needs_input_grad[:2]
         ctx.save_for_backward(a if need_b else None, b if need_a else None)
         ctx.precision = precision
-        return _launch(a, b, None, precision, splitk)
+        return _launch(a, b, None, precision, splitk, path)
 
     @staticmethod
     def backward(ctx, grad_c):
@@ -151,11 +194,12 @@ class _MatmulFunction(torch.autograd.Function):
         need_a, need_b = ctx.needs_input_grad[:2]
         grad_a = matmul(grad_c, b.t(), input_precision=ctx.precision) if need_a else None
         grad_b = matmul(a.t(), grad_c, input_precision=ctx.precision) if need_b else None
-        return grad_a, grad_b, None, None
+        return grad_a, grad_b, None, None, None
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = None,
-           out: torch.Tensor | None = None, splitk: bool | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None, splitk: bool | None = None,
+           path: str | None = None) -> torch.Tensor:
     """C = A @ B with A (M, K) and B (K, N), both float16, bfloat16 or float32, any strides.
 
     Returns C (M, N) in the inputs' dtype (or writes ``out``, which may be a strided view).
@@ -164,12 +208,19 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
     Accumulation is always fp32. ``splitk``: None sends decode-sized M (at most
     ``DECODE_MAX_M`` = 16 rows) to the split-K kernel of :mod:`._splitk`, which keeps every SM
     busy where the tiled kernel would run one program per column tile; True/False force it.
+    ``path``: None chooses by the dispatch rule of the module docstring (the persistent TMA
+    kernel on sm_90+ when the operands allow it, else the tiled one); "tiled" or
+    "persistent" force that kernel for every M (a forced "persistent" raises UsageError
+    for operands a tensor descriptor cannot take). ``MATMUL_LAST()`` records the path run.
 
     Differentiable in a and b (see the module docstring) unless ``out`` is given: like
     ``torch.matmul(..., out=...)``, writing into ``out`` is refused with a RuntimeError
     when autograd would have to record it.
     """
     check_matmul_operands(a, b)
+    if path is not None and path not in PATHS:
+        raise UsageError(f"unknown matmul path {path!r}; valid: None (choose), "
+                         + ", ".join(repr(p) for p in PATHS))
     precision = precision_for(a.dtype, input_precision)
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         if out is not None:
@@ -177,5 +228,5 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
                                "grad with grad mode on; drop out= to get a differentiable "
                                "result, or call it under torch.no_grad() / "
                                "torch.inference_mode()")
-        return _MatmulFunction.apply(a, b, precision, splitk)
-    return _launch(a, b, out, precision, splitk)
+        return _MatmulFunction.apply(a, b, precision, splitk, path)
+    return _launch(a, b, out, precision, splitk, path)

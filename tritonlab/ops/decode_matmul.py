@@ -41,7 +41,7 @@ class DecodeMatmulOp(OpSpec):
                  "split-K Triton GEMM: S K-slices chosen from the SM count, then a reduction",
                  config=lambda mode: LAST()),
             Impl("triton_tiled", "triton",
-                 _builder(lambda x, w, out: matmul(x, w.t(), out=out, splitk=False)),
+                 _builder(lambda x, w, out: matmul(x, w.t(), out=out, path="tiled")),
                  "the tiled Triton GEMM forced at decode sizes (one program per output tile)",
                  config=lambda mode: MATMUL_KERNEL.last_config),
             Impl("torch", "baseline",

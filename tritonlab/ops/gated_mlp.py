@@ -10,7 +10,14 @@ import torch
 
 from tritonlab.kernels._gemm import precision_for
 from tritonlab.kernels._splitk import splitk_targets
-from tritonlab.kernels.gated_mlp import GATED_KERNEL, GATED_LAST, gated_mlp
+from tritonlab.kernels.gated_mlp import (
+    GATED_KERNEL,
+    GATED_LAST,
+    GATED_PERSISTENT,
+    gated_mlp,
+    persistent_gated_configs,
+)
+from tritonlab.kernels.tuning import CompileTarget
 from tritonlab.ops.contract import (
     Impl,
     OpSpec,
@@ -154,16 +161,26 @@ class GatedMLPOp(OpSpec):
                             g * sig * term_rss(x, d["w_up"].t())),)
 
     def compile_targets(self, dtype):
-        """The tiled kernel on a Llama-3-8B prefill (8192 tokens, 4096 -> 14336) and the
-        split-K kernel on its batch-1 decode."""
+        """The tiled kernel on a Llama-3-8B prefill (8192 tokens, 4096 -> 14336), the
+        persistent TMA kernel that sm_90+ runs there instead, and the split-K kernel on its
+        batch-1 decode."""
         m, n, k = 8192, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM
         tiled = GATED_KERNEL.compile_target("tiled", dtype, dict(
             M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_gn=k, stride_gk=1,
             stride_un=k, stride_uk=1, stride_nw=1, stride_om=n, stride_on=1,
             nw_ptr=dtype if self.rms else None, ACTIVATION="silu", RMS=self.rms,
             INPUT_PRECISION=precision_for(dtype, None), USE_INT64=False))
-        return [tiled] + splitk_targets("decode", dtype, 1, n, k, gated=True, rms=self.rms,
-                                        activation="silu")
+        persistent = CompileTarget(
+            "persistent", GATED_PERSISTENT.kernel, dtype, dict(
+                M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_gn=k, stride_gk=1,
+                stride_un=k, stride_uk=1, stride_nw=1, stride_om=n,
+                nw_ptr=dtype if self.rms else None, X_T=False, G_T=True, U_T=True,
+                ACTIVATION="silu", RMS=self.rms, INPUT_PRECISION=precision_for(dtype, None),
+                NUM_SMS=132),
+            # The dispatch runs it on sm_90+ only.
+            configs=lambda cap: (persistent_gated_configs(cap, dtype) if cap[0] >= 9 else []))
+        return [tiled, persistent] + splitk_targets("decode", dtype, 1, n, k, gated=True,
+                                                    rms=self.rms, activation="silu")
 
 
 def _size(dtype: torch.dtype) -> int:

@@ -11,6 +11,14 @@ The Triton block is two kernels:
 
 Token counts of at most 16 (decode) take the split-K kernels of both ops automatically.
 
+fp8 inference (``dtype="fp8"``, :mod:`.fp8`): the weights are quantised once to e4m3 with
+one scale per output channel (W_gate and W_up stacked into one (2 hidden, dim) weight, so one
+GEMM computes both), and every step quantises its activations per token. The triton impl
+runs ``quantize_fp8`` + ``fp8_matmul`` (persistent TMA kernel, scales in its epilogue) for
+both projections; the torch impl the same math with the torch quantiser and
+``torch._scaled_mm``. RMSNorm, the gating and the residual stay in the compute dtype
+(bfloat16 on a GPU, float16 under the interpreter), in torch. Training stays in 16 bits.
+
 Why RMSNorm goes into the gated kernel rather than a separate ``rmsnorm_linear``: the gate and
 up projections read the same normalised x, so folding the norm into the kernel that computes
 both saves the normalised x entirely (written once and read twice by an rmsnorm_linear of the
@@ -21,14 +29,17 @@ sum-of-squares work is shared by both accumulators.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from tritonlab import backend
 from tritonlab.kernels.gated_mlp import gated_mlp
 from tritonlab.kernels.matmul import matmul
+from tritonlab.workloads.fp8 import FP8, fp8_linear, quantise_weight
 from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
 
 IMPLS = ("triton", "torch")
 PARAM_NAMES = ("norm_weight", "w_gate", "w_up", "w_down")
+_GATING = {"silu": F.silu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
 
 
 class InferenceWorkload:
@@ -37,13 +48,16 @@ class InferenceWorkload:
 
     ``impl``: "triton" (the fused kernels) or "torch" (``model.reference_forward``, eager).
     ``dtype``: default bfloat16 on the cuda backend, float16 under the interpreter (whose
-    bf16 dots are wrong). ``device``: default the backend's. ``params``: a dict as
+    bf16 dots are wrong); ``"fp8"`` runs the GEMMs in e4m3 (module docstring) with that
+    default as the compute dtype (``self.dtype``) and ``self.fp8`` set. ``device``:
+    default the backend's. ``params``: a dict as
     ``model.init_params`` returns (shared with a training workload, say); tensors already of
     this dtype and device are used as they are, others are converted once; default: drawn
     with ``seed``.
     """
 
-    def __init__(self, cfg: MLPConfig, *, impl: str = "triton", dtype: torch.dtype | None = None,
+    def __init__(self, cfg: MLPConfig, *, impl: str = "triton",
+                 dtype: torch.dtype | str | None = None,
                  device: str | torch.device | None = None, seed: int = 0,
                  params: dict[str, torch.Tensor] | None = None):
         if impl not in IMPLS:
@@ -55,11 +69,18 @@ class InferenceWorkload:
         be = backend.current()
         self.cfg = cfg
         self.impl = impl
-        self.dtype = dtype or (torch.bfloat16 if be.is_gpu else torch.float16)
+        self.fp8 = dtype == FP8
+        if isinstance(dtype, str) and not self.fp8:
+            raise ValueError(f"unknown dtype {dtype!r} for the inference workload; a "
+                             f"torch.dtype or {FP8!r}")
+        default = torch.bfloat16 if be.is_gpu else torch.float16
+        self.dtype = default if self.fp8 or dtype is None else dtype
         self.device = torch.device(device if device is not None else be.device)
         if params is None:
             params = init_params(cfg, self.dtype, self.device, seed)
         self.params = self._adopt(params)
+        if self.fp8:
+            self.fp8_weights = self._quantise_weights()
 
     def _adopt(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [n for n in PARAM_NAMES if n not in params]
@@ -77,6 +98,13 @@ class InferenceWorkload:
             adopted[name] = t.detach().to(device=self.device, dtype=self.dtype)
         return adopted
 
+    def _quantise_weights(self) -> dict:
+        """Once, at load: W_gate and W_up stacked (one GEMM computes both) and W_down as
+        per-output-channel e4m3 weights (:func:`.fp8.quantise_weight`)."""
+        p = self.params
+        return {"gate_up": quantise_weight(torch.cat([p["w_gate"], p["w_up"]])),
+                "down": quantise_weight(p["w_down"])}
+
     def make_batch(self, tokens: int, seed: int = 0) -> torch.Tensor:
         """x (tokens, dim) ~ N(0, 1) in the workload's dtype and device."""
         if tokens < 1:
@@ -90,9 +118,20 @@ class InferenceWorkload:
         if x.dim() != 2 or x.shape[1] != self.cfg.dim:
             raise ValueError(f"x must be (tokens, {self.cfg.dim}), got {tuple(x.shape)}")
         with torch.inference_mode():
+            if self.fp8:
+                return self._fp8(x)
             if self.impl == "torch":
                 return reference_forward(self.cfg, self.params, x)
             return self._fused(x)
+
+    def _fp8(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with both projections in fp8 (:func:`.fp8.fp8_linear`); RMSNorm, the
+        gating and the residual in the compute dtype."""
+        p, w = self.params, self.fp8_weights
+        h = F.rms_norm(x, (self.cfg.dim,), p["norm_weight"], self.cfg.eps)
+        gate, up = fp8_linear(h, w["gate_up"], self.impl).split(self.cfg.hidden, dim=1)
+        return fp8_linear(_GATING[self.cfg.activation](gate) * up, w["down"],
+                          self.impl).add_(x)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params

@@ -21,6 +21,12 @@ down projection + residual ``matmul``                             ``F.linear``
 At decode sizes (at most 16 sequences) ``rmsnorm_linear``, ``gated_mlp`` and ``matmul``
 take their split-K kernels automatically.
 
+fp8 (``ServingWeights(..., dtype="fp8")``, :mod:`.fp8`): the four projections (QKV, O,
+gate/up stacked, down) hold e4m3 weights with per-output-channel scales, quantised once at
+load, and quantise their inputs per token on every call (impl triton: ``quantize_fp8`` +
+``fp8_matmul``; torch: the torch quantiser + ``torch._scaled_mm``); the RMSNorms (torch),
+RoPE, attention, the KV cache, the gating and the residuals stay in the compute dtype.
+
 Ragged prompts. :class:`Prefill` takes the prompts right-padded to the longest, (batch,
 seq, dim), with each prompt's length. Causal attention on the padded batch is exact for
 every real token: query i of a prompt of length L < seq sees keys j <= i < L, never a
@@ -42,6 +48,7 @@ from tritonlab.kernels.gated_mlp import gated_mlp
 from tritonlab.kernels.matmul import matmul
 from tritonlab.kernels.rmsnorm_linear import rmsnorm_linear
 from tritonlab.reference import apply_rope, eager_rmsnorm_gated, eager_rmsnorm_linear
+from tritonlab.workloads.fp8 import FP8, fp8_linear, quantise_weight
 from tritonlab.workloads.kv_cache import KVCache
 from tritonlab.workloads.layer import (
     PARAM_NAMES,
@@ -65,15 +72,24 @@ class ServingWeights:
 
     ``params``: a list of per-layer dicts as :func:`.layer.init_params` returns (a training
     workload's ``params`` work too). ``dtype``: default bfloat16 on the cuda backend, float16
-    under the interpreter; ``device``: default the backend's.
+    under the interpreter; ``"fp8"``: that default as the compute dtype (``self.dtype``) and
+    the four projections in e4m3 (module docstring): wqkv, wo, w_down and gate_up (w_gate
+    and w_up stacked) are then :data:`.fp8.Fp8Weight` pairs. ``device``: default the
+    backend's.
     """
 
     def __init__(self, cfg: LayerConfig, params: list[dict[str, torch.Tensor]], *,
-                 dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+                 dtype: torch.dtype | str | None = None,
+                 device: str | torch.device | None = None):
         be = backend.current()
         self.cfg = cfg
         self.n_layers = check_count(len(params), "n_layers")
-        self.dtype = dtype or (torch.bfloat16 if be.is_gpu else torch.float16)
+        self.fp8 = dtype == FP8
+        if isinstance(dtype, str) and not self.fp8:
+            raise ValueError(f"unknown dtype {dtype!r} for the serving weights; a torch.dtype "
+                             f"or {FP8!r}")
+        default = torch.bfloat16 if be.is_gpu else torch.float16
+        self.dtype = default if self.fp8 or dtype is None else dtype
         self.device = torch.device(device if device is not None else be.device)
         shapes = cfg.param_shapes()
         self.layers = []
@@ -88,12 +104,18 @@ class ServingWeights:
                                      f"the config needs {shape}")
             w = {n: p[n].detach().to(device=self.device, dtype=self.dtype) for n in PARAM_NAMES}
             w["wqkv"] = torch.cat([w.pop("wq"), w.pop("wk"), w.pop("wv")])
+            if self.fp8:
+                w["gate_up"] = torch.cat([w.pop("w_gate"), w.pop("w_up")])
+                for name in ("wqkv", "wo", "gate_up", "w_down"):
+                    w[name] = quantise_weight(w[name])
             self.layers.append(w)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensors held (equal to :func:`.layer.weight_bytes`)."""
-        return sum(t.nbytes for w in self.layers for t in w.values())
+        """Bytes of the tensors held (equal to :func:`.layer.weight_bytes` in 16 or 32 bits;
+        in fp8, one byte per projection weight plus its scales and the 16-bit norms)."""
+        return sum(t.nbytes for w in self.layers for v in w.values()
+                   for t in (v if isinstance(v, tuple) else (v,)))
 
 
 class _Serving:
@@ -111,7 +133,8 @@ class _Serving:
 
     def _check_cache(self, cache: KVCache) -> None:
         # The tensors' devices, which carry an index even when a constructor got "cuda".
-        ours = (self.n_layers, self.dtype, self.weights.layers[0]["wo"].device, self.cfg)
+        ours = (self.n_layers, self.dtype, self.weights.layers[0]["attn_norm"].device,
+                self.cfg)
         theirs = (cache.n_layers, cache.dtype, cache.seqlens.device, cache.cfg)
         if theirs != ours:
             raise ValueError(f"the cache ({theirs[0]} layers, {theirs[1]}, {theirs[2]}) does "
@@ -119,6 +142,10 @@ class _Serving:
                              f"or their config")
 
     def _qkv(self, w: dict, x: torch.Tensor) -> torch.Tensor:
+        if self.weights.fp8:
+            h = F.rms_norm(x, (self.cfg.dim,), w["attn_norm"], self.cfg.eps)
+            qkv = fp8_linear(h.reshape(-1, self.cfg.dim), w["wqkv"], self.impl)
+            return qkv.view(*x.shape[:-1], qkv.shape[-1])
         if self.impl == "triton":
             return rmsnorm_linear(x, w["attn_norm"], w["wqkv"], self.cfg.eps)
         return eager_rmsnorm_linear(x, w["attn_norm"], w["wqkv"], self.cfg.eps)
@@ -134,6 +161,11 @@ class _Serving:
     def _out_and_mlp(self, w: dict, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """x + O projection of o (tokens, q_dim), then the MLP block with its residual."""
         cfg = self.cfg
+        if self.weights.fp8:
+            h = fp8_linear(o, w["wo"], self.impl).add_(x)
+            m = F.rms_norm(h, (cfg.dim,), w["mlp_norm"], cfg.eps)
+            gate, up = fp8_linear(m, w["gate_up"], self.impl).split(cfg.hidden, dim=1)
+            return fp8_linear(F.silu(gate) * up, w["w_down"], self.impl).add_(h)
         if self.impl == "triton":
             h = matmul(o, w["wo"].t()).add_(x)
             m = gated_mlp(h, w["w_gate"], w["w_up"], "silu", norm_weight=w["mlp_norm"],
@@ -144,8 +176,9 @@ class _Serving:
         return h + F.linear(m, w["w_down"])
 
     def _footprint(self, cache_bytes: int) -> dict[str, int]:
-        return with_total({"weights": weight_bytes(self.cfg, self.n_layers, self.dtype),
-                           "kv_cache": cache_bytes})
+        weights = (self.weights.nbytes if self.weights.fp8
+                   else weight_bytes(self.cfg, self.n_layers, self.dtype))
+        return with_total({"weights": weights, "kv_cache": cache_bytes})
 
 
 class Prefill(_Serving):
