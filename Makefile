@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	else \
 	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -216,3 +216,48 @@ def test_bad_runs_exit_2_and_a_truncated_line_is_skipped(runs, tmp_path):
     newer = rewrite(a, tmp_path / "newer", edit_manifest=lambda m: m.update(schema_version=2))
     result = compare(a, newer)
     assert result.exit_code == 2 and "newer" in result.output
+
+
+def test_runs_over_several_gpu_models_are_compared_model_by_model(runs, tmp_path):
+    a, _ = runs
+    h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+
+    def two_models(src, dst, a100_factor):
+        """``src`` as a cluster sweep over two GPU models writes it: each point per model."""
+        shutil.copytree(src, dst)
+        out = []
+        for model, factor in ((h100, 1.0), (a100, a100_factor)):
+            for row in rows_of(src):
+                row.update(device=model, gpu_name=model)
+                scale_times(factor)(row)
+                out.append(row)
+        (dst / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+        manifest = json.loads((dst / "manifest.json").read_text())
+        manifest.update(device={"name": f"{h100} + {a100}", "kind": "cuda"},
+                        cluster={"models": [h100, a100]})
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+        return dst
+
+    base = two_models(a, tmp_path / "base", 1.0)
+    new = two_models(a, tmp_path / "new", 3.0)  # the A100 got 3x slower, the H100 did not
+    result = compare(base, new, "--json")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    n = len(rows_of(a))
+    assert len(doc["points"]) == 2 * n and not doc["incompatibilities"]
+    verdicts = {(p["device"], p["verdict"]) for p in doc["points"]}
+    assert verdicts == {(h100, "same"), (a100, "regression")}
+    per = {d["device"]: d["geomean"] for d in doc["by_device"]}
+    assert per[h100][0]["speedup"] == pytest.approx(1.0)
+    assert per[a100][0]["speedup"] == pytest.approx(1 / 3)
+    text = compare(base, new).output
+    assert "per GPU model, side by side" in text and a100 in text
+
+    # A one-GPU run is compared with the cluster run's points of its model only.
+    one = rewrite(a, tmp_path / "one", edit_row=lambda r: r.update(device=h100, gpu_name=h100),
+                  edit_manifest=lambda m: m["device"].update(name=h100))
+    result = compare(one, new, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert len(doc["points"]) == n and {p["device"] for p in doc["points"]} == {h100}
+    assert doc["only_devices"] == [f"{a100} only in NEW"]

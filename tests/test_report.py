@@ -19,6 +19,7 @@ from conftest import run_cli
 
 from tritonlab.cli import cli
 from tritonlab.errors import UsageError
+from tritonlab.hw import devices
 from tritonlab.report import render as report
 from tritonlab.runs import sweep
 from tritonlab.runs.store import load_run
@@ -416,3 +417,55 @@ def test_geomean_interval():
     lo, hi = geomean_ci([point(2.0, 0.01), point(0.5, 0.01)])
     assert lo <= 1.0 <= hi and hi / lo < 1.05  # the geomean of 2 and 0.5 is 1
     assert geomean_ci([Point("x", "s", "fwd", "torch", 1.0, [1.0], [1.0, 1.0])]) is None
+
+
+H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+
+
+def two_model_run(src, dst, a100_factor=2.0):
+    """``src`` as a cluster sweep over an H100 and an A100 writes it: every point once per
+    model (the A100's ``a100_factor`` times slower), each model's ceilings in the manifest."""
+    shutil.copytree(src, dst)
+    rows = [json.loads(line) for line in (dst / "results.jsonl").read_text().splitlines()]
+    out = []
+    for model, factor in ((H100, 1.0), (A100, a100_factor)):
+        for r in rows:
+            r = {**r, "device": model, "gpu_name": model, "gpu_uuid": f"GPU-{model[7:11]}",
+                 "node": f"node-{model[7:11]}"}
+            for key in ("pct_roofline", "roofline_tflops", "roofline_bound",
+                        "pct_roofline_measured", "roofline_tflops_measured",
+                        "roofline_bound_measured"):
+                r.pop(key, None)
+            if r.get("ms"):
+                r["ms"] *= factor
+                r["ms_ci"] = [v * factor for v in r["ms_ci"]]
+                r["samples_ms"] = [v * factor for v in r["samples_ms"]]
+                r["tflops"] /= factor
+                r["gbps"] /= factor
+            out.append(r)
+    (dst / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+    doc = json.loads((dst / "manifest.json").read_text())
+    peaks = {m: devices.peaks_for({"name": m, "kind": "cuda"}).to_dict() for m in (H100, A100)}
+    doc.update(device={"name": f"{H100} + {A100}", "kind": "cuda", "models": [H100, A100]},
+               peaks=None, peaks_by_device=peaks,
+               cluster={"address": "127.0.0.1:6379", "models": [H100, A100], "workers": []})
+    (dst / "manifest.json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_a_run_over_two_gpu_models_is_reported_per_device(sweep_run, tmp_path):
+    run = two_model_run(sweep_run, tmp_path / "cluster")
+    assert load_run(run).warnings == []  # each point once per model is no repeat
+    paths = report.write_report([run], tmp_path / "report")
+    _check_html(paths.html)
+    md = paths.markdown.read_text()
+    # A roofline per GPU model, each against its own ceilings.
+    rooflines = [p for p in paths.figures if p.name.startswith("roofline")]
+    assert len(rooflines) == 2
+    ceilings = md.split("## Ceilings")[1].split("\n## ")[0]
+    assert f"[{H100}]" in ceilings and f"[{A100}]" in ceilings
+    # The side-by-side table: every point on both, the A100 at half the H100's TFLOP/s.
+    section = md.split("## Runs side by side")[1].split("\n## ")[0]
+    assert "TFLOP/s sweep-" in section and f"[{A100}]" in section
+    lines = [c for c in _md_cells(section) if c[0] == "matmul"]
+    assert lines and all(c[-1] == "0.5" for c in lines)

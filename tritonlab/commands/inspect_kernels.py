@@ -12,6 +12,7 @@ from tritonlab.commands import DTYPE_CHOICES, BoundedInt, interruptible, json_op
 from tritonlab.errors import UsageError
 from tritonlab.ops import registry
 from tritonlab.output import emit_json, info, output_dir, table
+from tritonlab.runs import cluster
 from tritonlab.runs.store import claim_dir
 from tritonlab.static import api as insp
 
@@ -31,9 +32,14 @@ from tritonlab.static import api as insp
 @click.option("--dump", type=click.Path(), default=None,
               help="Write each kernel's TTIR, TTGIR, LLIR, PTX, SASS and cubin under DIR.")
 @click.option("--rebuild", is_flag=True, help="Compile again instead of using the cache.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value=cluster.LOCAL,
+              default=None, metavar="[ADDRESS]",
+              help="Compile on a Ray cluster's CPUs: auto, HOST:PORT or "
+              "ray://HOST:PORT; no address: a local cluster on 127.0.0.1. Needs the extra: "
+              "pip install 'tritonlab[ray]' (docs/cluster.md).")
 @json_option
 @interruptible
-def inspect_cmd(ops, archs, dtypes, configs, first, dump, rebuild, as_json):
+def inspect_cmd(ops, archs, dtypes, configs, first, dump, rebuild, ray_address, as_json):
     """Compile each op's kernels for a GPU architecture (no GPU needed) and report registers,
     spills, shared memory, occupancy and the SASS instruction mix. Exit 1 if a config does
     not compile."""
@@ -52,9 +58,18 @@ def inspect_cmd(ops, archs, dtypes, configs, first, dump, rebuild, as_json):
     for c in config_list:
         insp.check_config_keys(c, targets)
     dump_dir = output_dir(dump, "--dump", "the dump directory") if dump else None
-    # The dump directory is claimed before anything compiles: it must be new, empty or a
-    # previous dump, which is overwritten.
-    with claim_dir(dump_dir, "inspect") if dump_dir else contextlib.nullcontext():
+    address = None if ray_address == cluster.LOCAL else ray_address
+    if ray_address is not None:
+        cluster.check_address(address)
+        ray = cluster.import_ray()
+    with contextlib.ExitStack() as stack:
+        # The dump directory is claimed before anything compiles: it must be new, empty or a
+        # previous dump, which is overwritten.
+        if dump_dir:
+            stack.enter_context(claim_dir(dump_dir, "inspect"))
+        if ray_address is not None:
+            stack.enter_context(cluster.session(address))
+            stack.enter_context(insp.compile_on_ray(ray))
         report = insp.run(specs, arch_list, dtype_list, config_list or None, first=first,
                           dump=dump_dir, rebuild=rebuild,
                           progress=lambda done, total, label: info(f"compiled {done}/{total} "

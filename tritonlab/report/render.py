@@ -36,8 +36,9 @@ from tritonlab.runs.store import Run, claim_dir, load_run
 
 def run_peaks(run: Run) -> Peaks | None:
     """The ceilings a run is drawn against: the manifest's ``peaks`` when the sweep stored
-    them, else the device table (GPU runs) and this machine's cached measurements of that
-    same device (matched by UUID or name)."""
+    them (for one model's view of a cluster run, that model's), else the device table (GPU
+    runs) and this machine's cached measurements of that same device (matched by UUID or
+    name)."""
     stored = run.manifest.get("peaks")
     if isinstance(stored, dict):
         return Peaks.from_dict(stored)
@@ -81,7 +82,8 @@ def annotate(run: Run, peaks: Peaks | None) -> None:
 def load_annotated(path) -> tuple[Run, Peaks | None]:
     """A run as the report draws it: read (:func:`tritonlab.runs.store.load_run`, its
     warnings kept on the run for the report's Warnings section), its ceilings found and its
-    rows annotated with them."""
+    rows annotated with them. (:func:`write_report` draws a cluster run measured on several
+    GPU models as one run per model: :meth:`~tritonlab.runs.store.Run.by_device`.)"""
     run = load_run(path, warn=None)
     peaks = run_peaks(run)
     annotate(run, peaks)
@@ -116,9 +118,12 @@ def write_report(run_dirs: Iterable, out_dir=None, *, claim: bool = True) -> Rep
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise UsageError("give at least one run directory")
-    loaded = [load_annotated(p) for p in run_dirs]
-    runs = [run for run, _ in loaded]
-    peaks = [p for _, p in loaded]
+    # A run measured on several GPU models (a cluster sweep) is drawn as one run per model:
+    # each gets its tables, roofline and ceilings, and the runs-side-by-side table.
+    runs = [view for p in run_dirs for view in load_run(p, warn=None).by_device()]
+    peaks = [run_peaks(run) for run in runs]
+    for run, run_peaks_ in zip(runs, peaks):
+        annotate(run, run_peaks_)
     if all(not r.rows and r.contrast is None for r in runs):
         raise UsageError("nothing to report: " + "; ".join(
             f"{r.path} has no results rows and no contrast" for r in runs))

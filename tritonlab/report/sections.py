@@ -81,7 +81,9 @@ ENV_KEY_FIELDS = (
 def environment(runs: list[Run]) -> list[Block]:
     """The fields compared first (device, driver, versions, git sha, clocks) in view; every
     manifest field and option folded below them."""
-    flats = [_flatten({k: v for k, v in r.manifest.items() if k != "peaks"}) for r in runs]
+    # Ceilings have a section of their own.
+    flats = [_flatten({k: v for k, v in r.manifest.items() if k not in ("peaks", "peaks_by_device")})
+             for r in runs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
     key_rows = []
     for label, names in ENV_KEY_FIELDS:

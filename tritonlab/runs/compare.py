@@ -15,7 +15,11 @@ both runs, give ``passed`` False with the ``reason``. A run whose manifest does 
 points may be missing for that reason.
 
 Runs measured on different backends or devices, or with different cache/graph settings,
-are not comparable; :func:`compare_runs` refuses them unless ``force``.
+are not comparable; :func:`compare_runs` refuses them unless ``force``. Runs measured on
+several GPU models (cluster sweeps, docs/cluster.md) are compared model by model: a point
+pairs with the same point on the same model, each compared point names its ``device``, and
+the geometric means are given per model too (``by_device``); models that only one run has
+are listed in ``only_devices``.
 """
 
 from __future__ import annotations
@@ -86,18 +90,43 @@ def compare_point(b: ResultRow, n: ResultRow, threshold: float) -> dict:
     return out
 
 
+def _pairs(base: Run, new: Run, force: bool) -> tuple[list[tuple[Run, Run]], list[str], list[str]]:
+    """The (base, new) pairs to compare: the runs themselves, or for runs measured on several
+    GPU models each model both have (by :meth:`~tritonlab.runs.store.Run.by_device`); the
+    incompatibilities; and the models only one side has."""
+    if len(base.models) <= 1 and len(new.models) <= 1:
+        return [(base, new)], incompatibilities(base, new), []
+    b_views = {v.model or v.device: v for v in base.by_device()}
+    n_views = {v.model or v.device: v for v in new.by_device()}
+    shared = [m for m in b_views if m in n_views]
+    only = [f"{m} only in {side}" for side, views, other in
+            (("BASE", b_views, n_views), ("NEW", n_views, b_views))
+            for m in views if m not in other]
+    why = [w for w in incompatibilities(base, new) if not w.startswith("device differs")]
+    if not shared:
+        why.append(f"no device model in common: {' + '.join(b_views)} in {base.path} vs "
+                   f"{' + '.join(n_views)} in {new.path}")
+        if force:  # compared across models, as --force compares two single-device runs
+            return [(base, new)], why, only
+    return [(b_views[m], n_views[m]) for m in shared], why, only
+
+
 def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD,
                  force: bool = False) -> dict:
     """Pair the points of two runs; a JSON-ready report whose ``passed`` is False when some
     point regressed. Raises :class:`UsageError` for incomparable runs unless ``force``."""
     if threshold < 0:
         raise UsageError(f"--threshold must be >= 0, got {threshold}")
-    why = incompatibilities(base, new)
+    pairs, why, only_devices = _pairs(base, new, force)
     if why and not force:
         raise UsageError("runs are not comparable: " + "; ".join(why)
                          + " (pass --force to compare anyway)")
-    keys = [k for k in base.points if k in new.points]
-    points = [compare_point(base.points[k], new.points[k], threshold) for k in keys]
+    points = []
+    for b, n in pairs:
+        for k in (k for k in b.points if k in n.points):
+            point = compare_point(b.points[k], n.points[k], threshold)
+            points.append({**point, "device": b.points[k].get("device") or b.device})
+    grouped = len(pairs) > 1 or bool(only_devices)
     regressions = [p for p in points if p["verdict"].startswith("regression")]
     timed = sum(p["speedup"] is not None for p in points)
     reason = None
@@ -113,10 +142,15 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD,
         "forced": bool(why), "incompatibilities": why,
         "points": points,
         "geomean": speedup_geomeans(points),
+        "by_device": [{"device": b.model or b.device,
+                       "geomean": speedup_geomeans(p for p in points
+                                                   if p["device"] == (b.model or b.device))}
+                      for b, _ in pairs] if grouped else [],
+        "only_devices": only_devices,
         "regressions": len(regressions),
         "improvements": sum(p["verdict"] == "improvement" for p in points),
-        "only_base": [str(k) for k in base.points if k not in new.points],
-        "only_new": [str(k) for k in new.points if k not in base.points],
+        "only_base": [str(k) for b, n in pairs for k in b.points if k not in n.points],
+        "only_new": [str(k) for b, n in pairs for k in n.points if k not in b.points],
         "compared": timed,
         "incomplete": [note for note in (_incomplete("BASE", base), _incomplete("NEW", new))
                        if note],
@@ -168,10 +202,12 @@ def speedup_geomeans(points: Iterable[Mapping]) -> list[dict]:
 
 def report_lines(report: Mapping) -> list[str]:
     """The human form of a :func:`compare_runs` report."""
+    grouped = bool(report.get("by_device"))
     rows = []
     for p in report["points"]:
         ci = p.get("speedup_ci")
-        rows.append([p["op"], p["impl"], p["mode"], p["dtype"], shape_str(p["shape"]),
+        rows.append([*([p["device"]] if grouped else []),
+                     p["op"], p["impl"], p["mode"], p["dtype"], shape_str(p["shape"]),
                      fmt_num(p["base_ms"], ".4g"), fmt_num(p["new_ms"], ".4g"),
                      fmt_num(p["speedup"], ".3f"),
                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", p["verdict"]])
@@ -180,13 +216,21 @@ def report_lines(report: Mapping) -> list[str]:
              f"threshold: {100 * report['threshold']:g}%"]
     lines += [f"warning: {w}" for w in report["incompatibilities"]]
     lines += [f"warning: {w}" for w in report["incomplete"]]
-    lines.append(table(rows, ["op", "impl", "mode", "dtype", "shape", "base ms", "new ms",
-                              "speedup", "95% CI", "verdict"]))
+    lines.append(table(rows, [*(["device"] if grouped else []), "op", "impl", "mode", "dtype",
+                              "shape", "base ms", "new ms", "speedup", "95% CI", "verdict"]))
     geo = [[g["op"], g["impl"] or "(all)", g["n"], fmt_num(g["speedup"], ".3f")]
            for g in report["geomean"]]
     if geo:
         lines.append("")
         lines.append(table(geo, ["op", "impl", "points", "geomean speedup"]))
+    side = [[d["device"], g["op"], g["impl"] or "(all)", g["n"], fmt_num(g["speedup"], ".3f")]
+            for d in report.get("by_device") or [] for g in d["geomean"]]
+    if side:
+        lines.append("")
+        lines.append("per GPU model, side by side:")
+        lines.append(table(side, ["device", "op", "impl", "points", "geomean speedup"]))
+    for note in report.get("only_devices") or []:
+        lines.append(f"not compared: {note}")
     for side in ("only_base", "only_new"):
         if report[side]:
             lines.append(f"{len(report[side])} point(s) only in "

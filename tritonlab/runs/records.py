@@ -37,7 +37,13 @@ class ResultRow(TypedDict):
     dtype: str
     shape: dict[str, int]
     backend: str
-    device: str
+    device: str  # the device's model name, as the driver reports it (the CPU's under the interpreter)
+    # Where the row was measured: the host, and the GPU by model name and UUID (``gpu_name``
+    # is ``device`` on every backend; ``gpu_uuid`` is None on the CPU). A cluster sweep's
+    # rows come from many hosts and GPUs; a local sweep's all carry the one it ran on.
+    node: str | None
+    gpu_name: str | None
+    gpu_uuid: str | None
     seed: int
     flops: int
     bytes: int
@@ -80,6 +86,8 @@ class ResultRow(TypedDict):
     # Present when ceilings were known (tritonlab.report.roofline.annotate_row).
     roofline_bound: NotRequired[str | None]
     roofline_bound_measured: NotRequired[str | None]
+    # On a cluster sweep's rows that were measured again after their worker died: why.
+    retried_after: NotRequired[str]
     # Added by point hooks on a GPU (tritonlab.runs.point_hooks) or by hooks of the caller.
     static: NotRequired[dict[str, Any]]
     counters: NotRequired[dict[str, Any]]
@@ -139,15 +147,17 @@ class Point:
 
 
 def blank_row(point: Point, impl: Impl, *, backend: str, device: str, seed: int, timer: str,
-              cache: str) -> ResultRow:
-    """The row of ``impl`` at ``point`` before anything is measured: identity, the op's
-    FLOP and byte formulas, and None in every measured field."""
+              cache: str, node: str | None = None, gpu_uuid: str | None = None) -> ResultRow:
+    """The row of ``impl`` at ``point`` before anything is measured: identity, where it is
+    measured (``device`` is also the row's ``gpu_name``), the op's FLOP and byte formulas,
+    and None in every measured field."""
     op, shape, mode, dtype = point.op, point.shape, point.mode, point.dtype
     flops = int(op.flops(shape, mode))
     nbytes = int(op.bytes(shape, dtype, mode))
     return ResultRow(
         schema_version=SCHEMA_VERSION, op=op.name, impl=impl.name, kind=impl.kind, mode=mode,
-        dtype=dtype_name(dtype), shape=dict(shape), backend=backend, device=device, seed=seed,
+        dtype=dtype_name(dtype), shape=dict(shape), backend=backend, device=device,
+        node=node, gpu_name=device, gpu_uuid=gpu_uuid, seed=seed,
         flops=flops, bytes=nbytes, intensity=flops / nbytes if nbytes else None,
         unfused_bytes=int(op.unfused_bytes(shape, dtype, mode)) if op.fused else None,
         ms=None, ms_ci=None, iqr_ms=None, rel_ci=None, samples_ms=[], n_samples=0,

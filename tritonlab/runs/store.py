@@ -604,8 +604,10 @@ class RunDir:
 @dataclass
 class Run:
     """A run directory read back: its manifest, its rows in file order, its points (the
-    rows by :class:`PointKey`, the last winning where a point repeats), the contrast when
-    there is one, and the warnings met while reading."""
+    rows by :class:`PointKey`, the last winning where a point repeats; a run measured on
+    several device models, a cluster run, has one set per model: see :meth:`by_device`),
+    the contrast when there is one, and the warnings met while reading. ``model``: set on
+    the views :meth:`by_device` makes, the device model they hold."""
 
     path: Path
     manifest: dict
@@ -615,13 +617,41 @@ class Run:
     counters_csv: Path | None = None
     timeline_png: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    model: str | None = None
 
     @property
     def label(self) -> str:
-        """The run's name in tables and figures: its kind and id (``sweep-20261127-...``)."""
+        """The run's name in tables and figures: its kind and id (``sweep-20261127-...``),
+        and the device model for one model's view of a cluster run."""
         run_id = str(self.manifest.get("run_id") or self.path.name)
         kind = self.manifest.get("kind")
-        return f"{kind}-{run_id}" if kind and not run_id.startswith(str(kind)) else run_id
+        name = f"{kind}-{run_id}" if kind and not run_id.startswith(str(kind)) else run_id
+        return f"{name} [{self.model}]" if self.model else name
+
+    @property
+    def models(self) -> list[str]:
+        """The device models its rows were measured on, in order of first appearance."""
+        return list(dict.fromkeys(str(r.get("device") or self.device) for r in self.rows))
+
+    def by_device(self) -> list[Run]:
+        """One view of the run per device model (the run itself when it has one): the rows,
+        points and ceilings (the manifest's ``peaks_by_device``) of that model, its name as
+        the manifest's device, so that reports and comparisons take each GPU model as a run
+        of its own. The warnings stay with the first view."""
+        models = self.models
+        if len(models) <= 1:
+            return [self]
+        device = self.manifest.get("device") or {}
+        peaks = self.manifest.get("peaks_by_device") or {}
+        views = []
+        for i, model in enumerate(models):
+            rows = [r for r in self.rows if str(r.get("device") or self.device) == model]
+            manifest = {**self.manifest, "peaks": peaks.get(model),
+                        "device": {"name": model, "kind": device.get("kind")}}
+            views.append(Run(path=self.path, manifest=manifest, rows=rows,
+                             points={point_key(r): r for r in rows}, contrast=self.contrast,
+                             warnings=self.warnings if i == 0 else [], model=model))
+        return views
 
     @property
     def backend(self) -> str:
@@ -702,10 +732,13 @@ def load_run(path: str | Path, warn: Warn | None = info) -> Run:
     manifest = _checked_manifest(run_dir.manifest(), run_dir.manifest_path)
     rows = run_dir.rows(note)
     points: dict[PointKey, ResultRow] = {}
+    seen: set[tuple] = set()
     for row in rows:  # each checked by read_results, so each has its key
         key = point_key(row)
-        if key in points:
+        # A cluster run measures each point once per device model.
+        if (row.get("device"), key) in seen:
             note(f"{run_dir.results_path}: {key} appears twice; using the last")
+        seen.add((row.get("device"), key))
         points[key] = row
     contrast_path = run_dir.path / CONTRAST
     contrast = _read_contrast(contrast_path, note) if contrast_path.is_file() else None

@@ -22,11 +22,19 @@ the row so far and the built callable (None when the implementation was not time
 dict they return is merged into the row. A hook that raises is recorded in the row's
 ``hook_errors`` and the sweep goes on. On a GPU, :func:`sweep` adds the hooks of
 :mod:`tritonlab.runs.point_hooks` (static compile facts and a counter summary per point).
+
+Every row records where it was measured (``node``, ``gpu_name``, ``gpu_uuid``). A sweep on a
+Ray cluster (:mod:`tritonlab.runs.cluster`) runs the same per-point code
+(:meth:`_Sweeper.point_rows`) in its workers through :class:`WorkerSweep`, and writes the
+same run directory.
 """
 
 from __future__ import annotations
 
+import platform
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +48,7 @@ from tritonlab.kernels.tuning import TUNING_LOG
 from tritonlab.measure import check
 from tritonlab.measure.timing import Measurement, Timer, default_rule, make_timer
 from tritonlab.ops import registry
-from tritonlab.ops.contract import Impl, OpSpec, Shape, dtype_name
+from tritonlab.ops.contract import DTYPES, Impl, OpSpec, Shape, dtype_name
 from tritonlab.output import fmt_num, info, table
 from tritonlab.report import roofline
 from tritonlab.runs.point_hooks import gpu_point_hooks
@@ -121,14 +129,19 @@ def plan(ops: Sequence[OpSpec], shapes: Mapping[str, Sequence[Shape]],
 
 def plan_from_args(op_names: Sequence[str], preset: str | None, shape_texts: Sequence[str],
                    dtype_names: Sequence[str], mode_names: Sequence[str],
-                   impl_names: Sequence[str]) -> tuple[list[Point], list[str], dict]:
+                   impl_names: Sequence[str], backend_name: str | None = None
+                   ) -> tuple[list[Point], list[str], dict]:
     """Parse the CLI's choices (raising :class:`UsageError` with the valid ones) into points.
 
     Defaults: the ``tiny`` preset on the interpreter and ``quick`` on a GPU (an op without
-    it uses its first preset); the dtypes the backend computes correctly. Returns the points,
-    notes and a JSON-ready description of the selection for the manifest.
+    it uses its first preset); the dtypes the backend computes correctly. ``backend_name``:
+    the backend that measures (a cluster's, which may not be this process's). Returns the
+    points, notes and a JSON-ready description of the selection for the manifest.
     """
     be = backend_mod.current()
+    if backend_name is not None and backend_name != be.name:
+        be = backend_mod.Backend(backend_name, "cuda" if backend_name == "cuda" else "cpu",
+                                 "the cluster's workers")
     ops = registry.resolve_ops(op_names)
     if preset and shape_texts:
         raise UsageError("give --preset or --shape, not both")
@@ -218,23 +231,47 @@ def _current_peaks(be):
         return None
 
 
-class _Sweeper:
-    """Measures points one by one (see the module docstring)."""
+def gpu_uuid(device: Mapping) -> str | None:
+    """The device's UUID as NVML and ``nvidia-smi -L`` write it (``GPU-...``; torch leaves
+    the prefix off), or None for the CPU."""
+    uuid = device.get("uuid") if device.get("kind", "cuda") == "cuda" else None
+    if not uuid:
+        return None
+    uuid = str(uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
-    def __init__(self, be, timer: Timer, options: SweepOptions, device_name: str,
+
+class _Sweeper:
+    """Measures points one by one (see the module docstring), on the device ``device``
+    describes (:func:`tritonlab.hw.devices.describe`) in this process's host."""
+
+    def __init__(self, be, timer: Timer, options: SweepOptions, device: Mapping,
                  hooks: Sequence[PointHook]):
         self.be = be
         self.timer = timer
         self.rule = default_rule(be.name, options.budget_s)
         self.options = options
-        self.device_name = device_name
+        self.device_name = device["name"]
+        self.node = platform.node()
+        self.gpu_uuid = gpu_uuid(device)
         self.hooks = list(hooks)
         self.peaks = _current_peaks(be)
         self.tuned: dict[tuple, dict] = {}
 
     def base_row(self, point: Point, impl: Impl) -> ResultRow:
         return blank_row(point, impl, backend=self.be.name, device=self.device_name,
-                         seed=self.options.seed, timer=self.timer.name, cache=self.timer.cache)
+                         seed=self.options.seed, timer=self.timer.name, cache=self.timer.cache,
+                         node=self.node, gpu_uuid=self.gpu_uuid)
+
+    def point_rows(self, point: Point, impls: Sequence[Impl]) -> list[ResultRow]:
+        """The finished rows of ``impls`` at ``point`` (all of the point is measured, so the
+        speedups have their baselines): what a sweep appends, locally or from a cluster
+        worker."""
+        rows, runs = self.measure(point)
+        out = [self.finish_row(point, impl, rows[impl.name], runs.get(impl.name))
+               for impl in impls]
+        del runs  # the timed callables hold the point's tensors: free them before the next
+        return out
 
     def _check(self, point: Point, impl: Impl, row: ResultRow) -> bool:
         log = _tuning_log()
@@ -364,6 +401,73 @@ class _Sweeper:
         return row
 
 
+# -------------------------------------------------------- points measured in other processes
+
+PointSpec = tuple  # (op name, or the OpSpec itself; mode; dtype name; shape; impl names)
+
+
+def point_spec(point: Point) -> PointSpec:
+    """``point`` as another process rebuilds it (:func:`point_from_spec`): an op of the
+    registry by name, so that the worker's own import of it (decorated for the worker's
+    backend) is the one measured; any other op (a caller's own OpSpec) by value."""
+    op = point.op
+    named = registry.discover().get(op.name) is op
+    return (op.name if named else op, point.mode, dtype_name(point.dtype), dict(point.shape),
+            tuple(impl.name for impl in point.impls))
+
+
+def point_from_spec(spec: PointSpec) -> Point:
+    op, mode, dtype, shape, impls = spec
+    op = registry.discover()[op] if isinstance(op, str) else op
+    return Point(op, mode, DTYPES[dtype], dict(shape),
+                 tuple(op.impl(name) for name in impls))
+
+
+def failed_row(point: Point, impl: Impl, *, backend: str, device: str, timer: Mapping,
+               seed: int, error: str) -> ResultRow:
+    """The row of ``impl`` at a point that was never measured (its cluster worker died),
+    saying why; where it would have run is unknown beyond the device model."""
+    row = blank_row(point, impl, backend=backend, device=device, seed=seed,
+                    timer=timer.get("timer") or "unknown", cache=timer.get("cache") or "unknown")
+    row.update(error=error, time=now_iso())
+    return row
+
+
+class WorkerSweep:
+    """The sweep's per-point code (:meth:`_Sweeper.point_rows`, the same as a local sweep's)
+    in a worker process of a cluster sweep, on the backend the process selected before it
+    imported this module. The GPU hooks' counter samples go to a temporary directory and
+    are handed back by :meth:`close`: the worker's host may not see the run directory."""
+
+    def __init__(self, options: SweepOptions, hooks: Sequence[PointHook]):
+        be = backend_mod.current()
+        self.timer = make_timer(be.name, cache=options.cache, graph=options.graph)
+        device = {**devices.describe(be), "clocks_at_start": self.timer.clocks()}
+        self._tmp = Path(tempfile.mkdtemp(prefix="tritonlab-worker-"))
+        self._hooks = gpu_point_hooks(self._tmp)
+        gpu_hooks = self._hooks.__enter__()
+        self.sweeper = _Sweeper(be, self.timer, options, device, [*hooks, *gpu_hooks])
+        peaks = self.sweeper.peaks
+        self.identity = {"node": self.sweeper.node, "gpu_name": device["name"],
+                         "gpu_uuid": self.sweeper.gpu_uuid, "backend": be.name,
+                         "device": device, "timer": self.timer.describe(),
+                         "peaks": peaks.to_dict() if peaks is not None else None}
+
+    def measure(self, spec: PointSpec, impl_names: Sequence[str]) -> list[ResultRow]:
+        """The rows of ``impl_names`` at the point ``spec`` describes."""
+        point = point_from_spec(spec)
+        return self.sweeper.point_rows(point, [point.op.impl(n) for n in impl_names])
+
+    def close(self) -> str | None:
+        """End the hooks; the counter samples (``counters.csv`` text) or None."""
+        try:
+            self._hooks.__exit__(None, None, None)
+            csv = self._tmp / "counters.csv"
+            return csv.read_text() if csv.is_file() else None
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------- running
 
 ProgressFn = Callable[[int, int, str, str], None]
@@ -375,36 +479,57 @@ def open_run(out: Path, *, resume: bool, be, argv: Sequence[str], selection: Map
     wrote it and measured it the same way (backend, device, cache, graph). Either way it is
     locked by this process until ``release()``; ``part_of``: the job the run belongs to
     (the demo's marker)."""
+    device = {**devices.describe(be), "clocks_at_start": timer.clocks()}
+    return open_run_for(out, resume=resume, be=be, device=device, timer=timer.describe(),
+                        models=[device["name"]], argv=argv, selection=selection,
+                        options=options, part_of=part_of)
+
+
+def open_run_for(out: Path, *, resume: bool, be, device: Mapping, timer: Mapping,
+                 models: Sequence[str], argv: Sequence[str], selection: Mapping,
+                 options: SweepOptions, part_of: Mapping | None = None,
+                 extra: Mapping | None = None) -> RunDir:
+    """:func:`open_run` for devices described elsewhere (a cluster's workers): ``device``
+    and ``timer`` as the manifest records them, ``models`` the device models that measure,
+    ``extra`` more fields of a new run's manifest. A run is resumed only by devices of models
+    it already has (a local resume of a cluster run completes the points of its own
+    model)."""
     if not resume:
-        device = {**devices.describe(be), "clocks_at_start": timer.clocks()}
-        manifest = build_manifest(kind="sweep", backend=be, device=device,
+        manifest = build_manifest(kind="sweep", backend=be, device=dict(device),
                                   argv=argv, options={**selection, **options.to_dict()},
-                                  timer=timer.describe(), part_of=part_of)
-        return RunDir.create(out, manifest)
+                                  timer=timer, part_of=part_of)
+        return RunDir.create(out, {**manifest, **(extra or {})})
     run = RunDir.open_to_resume(out, "sweep")
     try:
-        _prepare_resume(run, be, argv, options, timer)
+        _prepare_resume(run, be.name, models, timer.get("cache"), argv, options)
     except BaseException:
         run.release()
         raise
     return run
 
 
-def _prepare_resume(run: RunDir, be, argv: Sequence[str], options: SweepOptions,
-                    timer: Timer) -> None:
+def run_models(manifest: Mapping) -> list[str]:
+    """The device models a run was measured on: a cluster run's (``cluster.models``), else
+    its one device."""
+    models = (manifest.get("cluster") or {}).get("models")
+    return list(models) if models else [(manifest.get("device") or {}).get("name")]
+
+
+def _prepare_resume(run: RunDir, backend_name: str, models: Sequence[str], cache: str | None,
+                    argv: Sequence[str], options: SweepOptions) -> None:
     out = run.path
     manifest = run.manifest()
     old_opts = manifest.get("options", {})
-    device_name = (manifest.get("device") or {}).get("name")
-    here = devices.describe(be)["name"]
     mismatch = []
-    if manifest.get("backend") != be.name:
-        mismatch.append(f"backend {manifest.get('backend')!r} vs {be.name!r}")
-    if device_name != here:
-        mismatch.append(f"device {device_name!r} vs {here!r}")
-    if (manifest.get("timer") or {}).get("cache") != timer.cache:
+    if manifest.get("backend") != backend_name:
+        mismatch.append(f"backend {manifest.get('backend')!r} vs {backend_name!r}")
+    had = run_models(manifest)
+    new = [m for m in models if m not in had]
+    if new:
+        mismatch.append(f"device {' + '.join(map(str, had))!r} vs {' + '.join(new)!r}")
+    if (manifest.get("timer") or {}).get("cache") != cache:
         mismatch.append(f"cache {(manifest.get('timer') or {}).get('cache')!r} vs "
-                        f"{timer.cache!r}")
+                        f"{cache!r}")
     if bool(old_opts.get("graph")) != bool(options.graph):
         mismatch.append(f"graph {bool(old_opts.get('graph'))} vs {bool(options.graph)}")
     if mismatch:
@@ -426,11 +551,18 @@ def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: Sweep
     interrupted = False
     try:
         manifest = run.manifest()
-        sweeper = _Sweeper(be, timer, options, manifest["device"]["name"],
-                           POINT_HOOKS if hooks is None else hooks)
+        # A cluster run resumed here names its cluster's devices: measure as this one.
+        device = devices.describe(be) if manifest.get("cluster") else manifest["device"]
+        sweeper = _Sweeper(be, timer, options, device, POINT_HOOKS if hooks is None else hooks)
         if sweeper.peaks is not None:
-            run.update_manifest(peaks=sweeper.peaks.to_dict())
-        done: set[PointKey] = {point_key(r) for r in run.rows()}
+            if manifest.get("cluster"):
+                run.update_manifest(peaks_by_device={**(manifest.get("peaks_by_device") or {}),
+                                                     device["name"]: sweeper.peaks.to_dict()})
+            else:
+                run.update_manifest(peaks=sweeper.peaks.to_dict())
+        # A cluster run resumed here holds rows of other models too: only this device's count.
+        done: set[PointKey] = {point_key(r) for r in run.rows()
+                               if r.get("device", sweeper.device_name) == sweeper.device_name}
         for i, point in enumerate(points):
             missing = [impl for impl in point.impls if point.key(impl) not in done]
             if not missing:
@@ -440,13 +572,10 @@ def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: Sweep
                 continue
             if progress:
                 progress(i, len(points), point.label, "measuring")
-            rows, runs = sweeper.measure(point)
-            out = [sweeper.finish_row(point, impl, rows[impl.name], runs.get(impl.name))
-                   for impl in missing]
+            out = sweeper.point_rows(point, missing)
             run.append(out)
             done.update(point.key(impl) for impl in missing)
             new_rows += len(out)
-            del runs
             if progress:
                 bad = [r for r in out if r.get("error")]
                 progress(i + 1, len(points), point.label,
@@ -492,7 +621,9 @@ def sweep(points: Sequence[Point], out: Path, *, resume: bool, options: SweepOpt
 # ------------------------------------------------------------------------------- printing
 
 def summary_table(rows: Sequence[Mapping]) -> str:
-    """One line per row: time with its CI, throughput, speedups and status."""
+    """One line per row: time with its CI, throughput, speedups and status; the device
+    first when the rows come from several (a cluster sweep over several GPU models)."""
+    several = len({r.get("device") for r in rows}) > 1
     lines = []
     for r in rows:
         ci = r.get("ms_ci")
@@ -503,8 +634,9 @@ def summary_table(rows: Sequence[Mapping]) -> str:
                   (r.get("error") or "FAIL"))
         if r.get("launch_bound"):
             status += " (launch-bound)"
-        lines.append([r["op"], r["impl"], r["mode"], r["dtype"], shape_str(r["shape"]),
+        lines.append([*([r.get("device")] if several else []),
+                      r["op"], r["impl"], r["mode"], r["dtype"], shape_str(r["shape"]),
                       fmt_num(r.get("ms"), ".4g"), pm, fmt_num(r.get("tflops"), ".3g"),
                       fmt_num(r.get("gbps"), ".3g"), speed, status[:60]])
-    return table(lines, ["op", "impl", "mode", "dtype", "shape", "ms", "ci", "TFLOP/s",
-                         "GB/s", "speedup", "status"])
+    return table(lines, [*(["device"] if several else []), "op", "impl", "mode", "dtype",
+                         "shape", "ms", "ci", "TFLOP/s", "GB/s", "speedup", "status"])

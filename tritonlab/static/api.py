@@ -17,6 +17,7 @@ from tritonlab.static.targets import (
     target_configs,
     target_params,
 )
+from tritonlab.static.workers import compile_on_ray
 
 __all__ = [
     "ARCHS",
@@ -25,6 +26,7 @@ __all__ = [
     "TABLE_HEADERS",
     "cache_dir",
     "check_config_keys",
+    "compile_on_ray",
     "config_slug",
     "default_archs",
     "dump_row",

@@ -2,20 +2,25 @@
 parallel worker processes (a spawn ``ProcessPoolExecutor`` set up by
 :func:`tritonlab.static.worker_init.init_worker`), or in this process when there is one
 missing kernel and it is already a compilable ``JITFunction`` (the cuda backend), which
-saves a worker's start-up."""
+saves a worker's start-up. Inside :func:`compile_on_ray` (``tritonlab inspect --ray``) the
+jobs are Ray tasks spread over a cluster's CPUs instead, and the entries they compile come
+back to this machine's cache."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from triton.runtime.jit import JITFunction
 
+from tritonlab.runs.cluster_worker import compile_remote
 from tritonlab.static.cache import Job, entry_dir
 from tritonlab.static.compile import compile_job, jit_function, run_job
 from tritonlab.static.worker_init import init_worker
@@ -24,6 +29,23 @@ from tritonlab.static.worker_init import init_worker
 Progress = Callable[[int, int, str], None]
 
 MAX_WORKERS = 8
+
+_DIED = ("the compile worker died while compiling this config (a crash in the compiler, or the "
+         "process was killed; its stderr says more)")
+
+# The Ray module while compile_on_ray() is active (innermost last).
+_RAY: list = []
+
+
+@contextlib.contextmanager
+def compile_on_ray(ray) -> Iterator[None]:
+    """While inside, the jobs the cache lacks are compiled as Ray tasks (one CPU each) on
+    the cluster ``ray`` is connected to."""
+    _RAY.append(ray)
+    try:
+        yield
+    finally:
+        _RAY.pop()
 
 
 def compile_jobs(jobs: Sequence[Job], root: Path, progress: Progress | None,
@@ -52,7 +74,57 @@ def compile_jobs(jobs: Sequence[Job], root: Path, progress: Progress | None,
         if progress:
             progress(1, 1, job.label)
         return {}, 1, len(hits)
+    if _RAY:
+        return _run_ray(_RAY[-1], misses, root, progress), len(misses), len(hits)
     return _run_workers(misses, root, progress), len(misses), len(hits)
+
+
+def _run_ray(ray, jobs: Sequence[Job], root: Path, progress: Progress | None
+             ) -> dict[str, str]:
+    """Compile ``jobs`` as Ray tasks (:func:`tritonlab.runs.cluster_worker.compile_remote`)
+    and store the entries they send back under ``root``; returns key -> error as
+    :func:`_run_workers` does. Ray runs a task whose worker died once more elsewhere; a job
+    whose second worker dies too is reported as the one that killed it."""
+    task = ray.remote(compile_remote).options(num_cpus=1, max_retries=1)
+    futures = {task.remote(j.payload(root)): j for j in jobs}
+    pending = list(futures)
+    failed: dict[str, str] = {}
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            job = futures[ready[0]]
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError:
+                failed[job.key] = _DIED
+            else:
+                if result.get("transient"):
+                    failed[job.key] = result["error"]
+                elif result["files"]:
+                    _store_entry(entry_dir(root, job.key), result["files"])
+            if progress:
+                progress(len(jobs) - len(pending), len(jobs), job.label)
+    except BaseException:  # Ctrl-C: stop what is still queued on the cluster
+        for f in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(f)
+        raise
+    return failed
+
+
+def _store_entry(entry: Path, files: dict[str, bytes]) -> None:
+    """Write a cache entry's files under a temporary name and rename it into place, as
+    :func:`tritonlab.static.compile.compile_job` does, so a reader sees all of it or none."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
+    try:
+        for name, data in files.items():
+            (tmp / Path(name).name).write_bytes(data)
+        tmp.rename(entry)
+    except OSError:  # another process stored the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (entry / "meta.json").exists():
+            raise
 
 
 def _run_workers(jobs: Sequence[Job], root: Path, progress: Progress | None) -> dict[str, str]:
@@ -80,9 +152,7 @@ def _run_workers(jobs: Sequence[Job], root: Path, progress: Progress | None) -> 
         left = _pool_round(left, root, 1, failed, finished)
         if left:
             killer = left.pop(0)
-            failed[killer.key] = ("the compile worker died while compiling this config (a "
-                                  "crash in the compiler, or the process was killed; its "
-                                  "stderr says more)")
+            failed[killer.key] = _DIED
             finished(killer)
     return failed
 
