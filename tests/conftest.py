@@ -4,6 +4,7 @@ cuda on a GPU machine (where `pytest -m gpu` runs the GPU lane)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,12 @@ import torch
 from tritonlab import backend
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A suite started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and
+# so would every CLI a test starts and then stops with Ctrl-C; a Python handler here is reset
+# to the default in those children when they exec, so they see Ctrl-C as a user's would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Select the backend before any test module imports something that imports triton (e.g.
 # torch.utils.flop_counter): Triton's helpers must be set up for the interpreter from the start.

@@ -80,6 +80,13 @@ BEHAVIOUR = {
                          lambda t: kernels.decode_attention(
                              t["q"], t["k_cache"], t["v_cache"],
                              torch.tensor([M, 5], dtype=torch.int32, device=DEVICE))),
+    # fp8 operands as torch._scaled_mm takes them: K and N multiples of 16, b column-major.
+    "fp8_matmul": ("raises", dict(a=(M, 48), b=(32, 48), scale_a=(M, 1), scale_b=(1, 32)),
+                   lambda t: kernels.fp8_matmul(t["a"].to(torch.float8_e4m3fn),
+                                                t["b"].to(torch.float8_e4m3fn).t(),
+                                                t["scale_a"].abs(), t["scale_b"].abs(),
+                                                out_dtype=torch.float32)),
+    "quantize_fp8": ("raises", dict(x=(M, K)), lambda t: kernels.quantize_fp8(t["x"])[0].float()),
     "rmsnorm_linear": ("raises", dict(x=(M, K), norm_weight=(K,), weight=(N, K), bias=(N,)),
                        lambda t: kernels.rmsnorm_linear(t["x"], t["norm_weight"], t["weight"],
                                                         EPS, bias=t["bias"])),

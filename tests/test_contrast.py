@@ -18,6 +18,7 @@ from conftest import run_cli
 
 from tritonlab import contrast
 from tritonlab.cli import cli
+from tritonlab.contrast import plan as plan_mod
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters
 from tritonlab.workloads.model import MLPConfig
@@ -348,3 +349,24 @@ def test_contrast_on_a_gpu_measures_power_and_energy(gpu, tmp_path):
         assert p["energy_source"] == "counter"
     assert doc["verdict"]["harder"] in ("train", "infer", "tie")
     assert any("W" in line for line in doc["verdict"]["explanation"])
+
+
+def test_ffn_fp8_plan_serves_in_fp8_and_trains_in_the_training_dtype():
+    """--model ffn --dtype fp8: the infer phases get the fp8 InferenceWorkload (weights
+    quantised once), training the interpreter's default dtype, and the step runs."""
+    plan, warnings = contrast.make_plan("interpreter", dtype="fp8")
+    assert (plan.dtype_of("infer"), plan.dtype_of("train")) == ("fp8", "float32")
+    assert any("float32" in w for w in warnings)
+    assert plan.precision() == ("inference fp8 (e4m3, per-token activation scales, "
+                                "per-channel weight scales), training float32")
+    cfg = MLPConfig.from_size("tiny")
+    infer = contrast.lab_workloads("infer", cfg, impl="torch",
+                                   dtype=plan_mod.torch_dtype(plan.dtype_of("infer")),
+                                   device="cpu", seed=0)
+    assert infer.fp8 and infer.fp8_weights["down"][0].dtype == torch.float8_e4m3fn
+    y = infer.step(infer.make_batch(3))
+    assert y.shape == (3, cfg.dim) and torch.isfinite(y).all()
+    train = contrast.lab_workloads("train", cfg, impl="torch",
+                                   dtype=plan_mod.torch_dtype(plan.dtype_of("train")),
+                                   device="cpu", seed=0)
+    assert train.dtype == torch.float32

@@ -6,17 +6,21 @@ the flip point's rules on made-up rows."""
 from __future__ import annotations
 
 import json
+import re
 
 import matplotlib.image
 import pytest
 import torch
 from click.testing import CliRunner
 
+from tritonlab import backend as backend_mod
 from tritonlab import contrast
 from tritonlab.cli import cli
 from tritonlab.contrast import layer as layer_mod
+from tritonlab.contrast import plan as plan_mod
 from tritonlab.contrast.layer_verdict import decode_flip, layer_verdict
 from tritonlab.errors import UsageError
+from tritonlab.hw.specs import Ceilings
 from tritonlab.report import render as report
 from tritonlab.workloads.kv_cache import KVCache
 from tritonlab.workloads.layer import (
@@ -286,3 +290,164 @@ def test_report_draws_the_layer_roofline_and_footprint(layer_run, tmp_path):
         if p.name.startswith("layer-"):
             img = matplotlib.image.imread(p)
             assert img.shape[0] > 300 and img.std() > 0.01
+
+
+# ---------------------------------------------------------------- fp8 inference (--dtype fp8)
+
+FP8_HEADER = "inference fp8 (e4m3, per-token activation scales, per-channel weight scales)"
+
+
+@pytest.fixture(scope="module")
+def fp8_run(tmp_path_factory):
+    """``tritonlab contrast --dtype fp8`` on the interpreter: the tiny layer, triton impl,
+    train 1x16, prefill 1x16, decode 1 at context 32, 1 s phases (about 12 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("fp8") / "run"
+    result = CliRunner().invoke(cli, ["contrast", "--dtype", "fp8", "--impl", "triton",
+                                      "--decode-batch", "1", "--duration", "1", "--idle", "0",
+                                      "--warmup", "0", "--cooldown", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "contrast.json").read_text()), result
+
+
+def test_fp8_contrast_runs_inference_in_fp8_and_training_in_the_training_dtype(fp8_run):
+    """Prefill and decode rows are fp8, training the interpreter's training default (float32:
+    bf16 is wrong there), said in a warning and in the header."""
+    _, doc, result = fp8_run
+    train_dtype = layer_mod.LAYER_DEFAULTS["interpreter"]["dtype"]
+    assert doc["status"] == "complete"
+    assert {p["name"]: p["dtype"] for p in doc["phases"]} == {
+        "train/triton/b1s16": train_dtype, "prefill/triton/b1p16": "fp8",
+        "decode/triton/b1c32": "fp8"}
+    assert not any(p.get("error") for p in doc["phases"])
+    assert doc["model"]["dtypes"] == {"train": train_dtype, "prefill": "fp8", "decode": "fp8"}
+    header = f"{FP8_HEADER}, training {train_dtype}"
+    assert doc["model"]["precision"] == header
+    assert header in result.stdout
+    assert re.search(rf"train/triton/b1s16 +{train_dtype} ", result.stdout)
+    assert re.search(r"decode/triton/b1c32 +fp8 ", result.stdout)
+    assert any("training" in w and train_dtype in w and "interpreter" in w
+               for w in doc["warnings"])
+
+
+def test_fp8_rows_match_the_fp8_formulas(fp8_run):
+    """FLOPs, bytes and footprint of the fp8 rows are the formulas with 1-byte weights and the
+    quantiser's codes and scales counted; training's are the 16-bit (here fp32) ones."""
+    _, doc, _ = fp8_run
+    cfg = LayerConfig.from_size("tiny")
+    params = init_params(cfg, 1, torch.float32, "cpu", 0)
+    fp8_weights = ServingWeights(cfg, params, dtype="fp8", device="cpu")
+    dt = fp8_weights.dtype  # the fp8 path's compute dtype: KV cache, io, norms
+    assert dt == torch.float16
+    max_seq = doc["plan"]["max_seq"]
+    for p in doc["phases"]:
+        b = p["batch"]
+        if p["mode"] == "train":
+            assert p["flops_per_step"] == train_flops(cfg, 1, b, 16)
+            assert p["bytes_per_step"] == layer_mod.compulsory_bytes(cfg, 1, "train", b, 16,
+                                                                     torch.float32)
+            continue
+        if p["mode"] == "prefill":
+            tokens, flops = b * 16, prefill_flops(cfg, 1, [16] * b)
+            footprint = Prefill(fp8_weights, impl="triton").footprint(
+                b, max_seq, block_size=layer_mod.BLOCK_SIZE)
+            kv = {"kv_write": tokens * 2 * cfg.kv_dim * 2}
+        else:
+            lengths = layer_mod.decode_lengths(b, 32)
+            tokens, flops = b, decode_flops(cfg, 1, lengths)
+            cache = KVCache(cfg, 1, b, max_seq, dtype=dt, device="cpu",
+                            block_size=layer_mod.BLOCK_SIZE)
+            footprint = Decode(fp8_weights, cache, impl="triton").footprint()
+            kv = {"kv_read": sum(lengths) * 2 * cfg.kv_dim * 2,
+                  "kv_write": tokens * 2 * cfg.kv_dim * 2}
+        # per token and layer: codes (1 B per input feature) and a fp32 scale, written by the
+        # quantiser and read by the GEMM, before QKV (dim), O (q_dim), gate/up (dim), down
+        act_quant = tokens * 2 * (2 * cfg.dim + cfg.q_dim + cfg.hidden + 4 * 4)
+        want = {"weights": fp8_weights.nbytes, **kv, "io": 2 * tokens * cfg.dim * 2,
+                "act_quant": act_quant}
+        assert p["flops_per_step"] == flops and p["tokens_per_step"] == tokens
+        assert p["bytes_per_step"] == {**want, "total": sum(want.values())}
+        assert p["footprint"] == footprint
+        assert p["footprint"]["weights"] == fp8_weights.nbytes < cfg.param_count() * 2 / 1.8
+        assert p["arithmetic_intensity"] == pytest.approx(flops / sum(want.values()))
+    est = {ph.name: layer_mod.estimated_footprint(cfg, _fp8_plan(), ph)
+           for ph in _fp8_plan().phases()}
+    assert all(est[p["name"]] == p["footprint_bytes"] for p in doc["phases"]
+               if p["mode"] != "train")
+
+
+def _fp8_plan():
+    """The fp8 run's plan."""
+    return contrast.make_layer_plan("interpreter", dtype="fp8", impls=("triton",),
+                                    decode_batches=(1,))[0]
+
+
+def test_fp8_phases_use_the_fp8_peak_and_training_the_16_bit_peak():
+    """% of peak: an fp8 row against the device's fp8 peak, a bf16 row against bf16's."""
+    ceil = Ceilings(source="spec", tflops={"fp8": 2000.0, "bfloat16": 1000.0},
+                    bandwidth_gbps=4000.0)
+    for dtype, peak in (("fp8", 2000.0), ("bfloat16", 1000.0)):
+        row = {"steps": 4, "seconds": 1.0, "flops_per_step": 100e12, "tflops": 400.0,
+               "unavailable": {}}
+        layer_mod.layer_metrics(row, {"tokens": 8, "bytes": {"total": 10**9},
+                                      "footprint": {"total": 1}},
+                                [0.25] * 4, peaks=ceil, capacity_bytes=None, dtype=dtype)
+        assert row["compute_peak_tflops"] == peak
+        assert row["compute_pct"] == pytest.approx(100 * 400.0 / peak)
+        assert row["step_compute_pct_median"] == pytest.approx(100 * 400.0 / peak)
+    assert layer_mod.ridge_point(ceil, "fp8") == pytest.approx(2 * ceil.ridge("bfloat16"))
+
+
+def test_mixed_dtype_verdict_compares_compute_against_each_dtypes_peak():
+    """fp8 prefill at more TFLOP/s but a smaller share of its (doubled) peak than bf16
+    training: by the own-peak rule training demands more compute."""
+    plan = _fp8_plan()
+    rows = [_row("t", "train", 1, step_tflops_median=500.0, step_tflops_ci=[490.0, 510.0],
+                 step_compute_pct_median=50.0, step_compute_pct_ci=[49.0, 51.0]),
+            _row("p", "prefill", 1, step_tflops_median=800.0, step_tflops_ci=[790.0, 810.0],
+                 step_compute_pct_median=40.0, step_compute_pct_ci=[39.5, 40.5])]
+    v = layer_verdict(rows, plan=plan, counters="nvml", device="GPU", idle=None)
+    compute = next(r for r in v["resources"] if r["resource"] == "compute")
+    assert compute["metric"] == "step_compute_pct_median"
+    assert (compute["winner"], compute["confidence"]) == ("train", "clear")
+    assert any("own dtype's peak" in line for line in v["explanation"])
+    one_dtype, _ = contrast.make_layer_plan("interpreter")
+    v = layer_verdict(rows, plan=one_dtype, counters="nvml", device="GPU", idle=None)
+    compute = next(r for r in v["resources"] if r["resource"] == "compute")
+    assert compute["metric"] == "step_tflops_median" and compute["winner"] == "prefill"
+
+
+def test_fp8_is_refused_before_sm_89(tmp_path, monkeypatch):
+    """On a GPU below compute capability 8.9, --dtype fp8 exits 2 before anything runs,
+    naming the requirement; on sm_90 training stays bfloat16 without a warning."""
+    monkeypatch.setattr(plan_mod, "gpu_capability", lambda: (8, 0))
+    for make in (contrast.make_layer_plan, contrast.make_plan):
+        with pytest.raises(UsageError, match=r"compute capability 8\.9 or newer.*this one is 8\.0"):
+            make("cuda", dtype="fp8")
+    monkeypatch.setattr(backend_mod, "current",
+                        lambda: backend_mod.Backend("cuda", "cuda", "test: an sm_80 GPU"))
+    result = CliRunner().invoke(cli, ["contrast", "--dtype", "fp8", "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "needs a GPU of compute capability 8.9" in result.stderr
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(plan_mod, "gpu_capability", lambda: (9, 0))
+    plan, warnings = contrast.make_layer_plan("cuda", dtype="fp8")
+    assert plan.dtype_of("train") == "bfloat16" and plan.dtype_of("decode") == "fp8"
+    assert plan.precision() == f"{FP8_HEADER}, training bfloat16" and not warnings
+    assert "train_dtype" in plan.to_dict()
+    assert "train_dtype" not in contrast.make_layer_plan("cuda")[0].to_dict()  # old runs resume
+
+
+def test_report_shows_the_dtype_per_phase(fp8_run, tmp_path):
+    """The report's contrast section states the mix and gives each phase its dtype."""
+    out, _, _ = fp8_run
+    md = report.write_report([out], tmp_path / "rep").markdown.read_text()
+    section = md.split("\n## Training vs inference\n")[1].split("\n## ")[0]
+    assert f"{FP8_HEADER}, training float32" in section
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+             if line.startswith(("| phase ", "| train/", "| prefill/", "| decode/"))]
+    head, rows = table[0], table[1:]
+    assert head[:5] == ["phase", "mode", "impl", "batch", "dtype"]
+    assert {r[0]: r[4] for r in rows} == {"train/triton/b1s16": "float32",
+                                          "prefill/triton/b1p16": "fp8",
+                                          "decode/triton/b1c32": "fp8"}

@@ -9,7 +9,7 @@ import sys
 import click
 
 from tritonlab import contrast
-from tritonlab.commands import DAY_S, DTYPE_CHOICES, SEED, BoundedInt, FiniteFloat, interruptible, json_option
+from tritonlab.commands import DAY_S, SEED, BoundedInt, FiniteFloat, interruptible, json_option
 from tritonlab.errors import UsageError
 from tritonlab.output import emit_json, info, output_dir
 from tritonlab.runs.store import command_argv, new_run_dir
@@ -65,8 +65,10 @@ def _grid_option(flag: str, dest: str, unit: str, text: str):
               "default: both).")
 @click.option("--mode", "modes", multiple=True, help="--model ffn: train and/or infer; "
               "--model layer: train, prefill and/or decode (repeatable; default: all).")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=None,
-              help="Default: bfloat16 on a GPU, float32 on the interpreter.")
+@click.option("--dtype", type=click.Choice(contrast.DTYPE_CHOICES), default=None,
+              help="Default: bfloat16 on a GPU, float32 on the interpreter. fp8: the "
+                   "inference phases (prefill, decode; infer) in fp8 (e4m3, needs sm_89+ on a "
+                   "GPU), training in the default.")
 @click.option("--warmup", type=FiniteFloat(0, DAY_S, unit="s"), default=None,
               help="Seconds of warm-up before each phase (and at least 2 steps on a GPU, 1 on "
                    "the interpreter; default: 2 on a GPU, 0.2 on the interpreter).")

@@ -16,13 +16,21 @@ from tritonlab.contrast.decide import impl_comparison, verdict
 from tritonlab.contrast.layer import REGIMES, LayerPlan, compulsory_bytes, make_layer_plan
 from tritonlab.contrast.layer_verdict import layer_verdict
 from tritonlab.contrast.phases import NVTX_PREFIX, PhaseRun, lab_workloads, nvtx_ranges
-from tritonlab.contrast.plan import DEFAULTS, IMPLS, MIN_PHASE_S, MODES, Plan, make_plan
+from tritonlab.contrast.plan import (
+    DEFAULTS,
+    DTYPE_CHOICES,
+    IMPLS,
+    MIN_PHASE_S,
+    MODES,
+    Plan,
+    make_plan,
+)
 from tritonlab.contrast.rows import PhaseRow, phase_row
 from tritonlab.contrast.run import run_contrast
 from tritonlab.contrast.summary import summary_text
 
 __all__ = [
-    "DEFAULTS", "IMPLS", "MIN_PHASE_S", "MODES", "NVTX_PREFIX", "REGIMES", "LayerPlan",
+    "DEFAULTS", "DTYPE_CHOICES", "IMPLS", "MIN_PHASE_S", "MODES", "NVTX_PREFIX", "REGIMES", "LayerPlan",
     "PhaseRow", "PhaseRun", "Plan", "compulsory_bytes", "impl_comparison", "lab_workloads",
     "layer_verdict", "make_layer_plan", "make_plan", "nvtx_ranges", "phase_row",
     "run_contrast", "summary_text", "verdict",

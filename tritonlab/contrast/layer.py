@@ -21,18 +21,27 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from tritonlab.contrast.plan import IMPLS, PlannedPhase, check_dtype, choices, timing_options
+from tritonlab.contrast.plan import (
+    IMPLS,
+    PlanDtypes,
+    PlannedPhase,
+    check_dtype,
+    choices,
+    timing_options,
+    train_dtype_for,
+)
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters as counters_mod
 from tritonlab.measure.regimes import first_batch_reaching
 from tritonlab.measure.stats import median_ci
 from tritonlab.ops.contract import DTYPES
 from tritonlab.ops.decode_attention import seq_lengths
+from tritonlab.workloads.fp8 import FP8, compute_dtype
 from tritonlab.workloads.kv_cache import KVCache
 from tritonlab.workloads.layer import (
     SIZES,
@@ -44,7 +53,13 @@ from tritonlab.workloads.layer import (
     train_activation_bytes,
     weight_bytes,
 )
-from tritonlab.workloads.layer_serve import Decode, Prefill, ServingWeights
+from tritonlab.workloads.layer_serve import (
+    Decode,
+    Prefill,
+    ServingWeights,
+    fp8_activation_bytes,
+    fp8_weight_bytes,
+)
 from tritonlab.workloads.layer_train import LayerTrainStep
 
 REGIMES = ("train", "prefill", "decode")
@@ -68,10 +83,11 @@ LAYER_DEFAULTS = {
 
 
 @dataclass(frozen=True)
-class LayerPlan:
+class LayerPlan(PlanDtypes):
     """What a layer contrast runs: the regimes, impls and grid points (``train``: (batch,
     seq); ``prefill``: (batch, prompt); ``decode``: (batch, context)), the layer's size and
-    count, the KV caches' capacity ``max_seq`` (tokens per sequence), and the timing."""
+    count, the KV caches' capacity ``max_seq`` (tokens per sequence), the dtypes
+    (:class:`~tritonlab.contrast.plan.PlanDtypes`) and the timing."""
 
     model: str
     model_size: str
@@ -89,10 +105,7 @@ class LayerPlan:
     cooldown_s: float
     interval_ms: float
     seed: int
-
-    def to_dict(self) -> dict:
-        """The plan as JSON-ready data (what the manifest records and a resume compares)."""
-        return asdict(self)
+    train_dtype: str | None = None
 
     def config(self) -> LayerConfig:
         """The layer's dimensions."""
@@ -162,19 +175,27 @@ def make_layer_plan(backend_name: str, *, model_size: str | None = None, n_layer
                          f"than the KV cache (--max-seq {max_seq}); use contexts <= "
                          f"{max_seq - 1} and prompts <= {max_seq}, or a larger --max-seq")
     dtype = check_dtype(dtype or d["dtype"], backend_name)
+    train_dtype, dtype_warnings = train_dtype_for(dtype, d, backend_name, modes)
     timing, warnings = timing_options(d, duration_s=duration_s, warmup_s=warmup_s,
                                       idle_s=idle_s, cooldown_s=cooldown_s,
                                       interval_ms=interval_ms)
     plan = LayerPlan(model="layer", model_size=model_size, n_layers=n_layers, impls=impls,
                      modes=modes, train=train, prefill=prefill, decode=decode, max_seq=max_seq,
-                     dtype=dtype, seed=seed, **timing)
-    return plan, warnings
+                     dtype=dtype, seed=seed, train_dtype=train_dtype, **timing)
+    return plan, dtype_warnings + warnings
 
 
 # ------------------------------------------------------------------- bytes and footprint
 
+def storage(dtype: str) -> tuple[torch.dtype, bool]:
+    """A phase's dtype name as the torch dtype its activations, KV cache and 16-bit weights
+    are stored in, and whether its projections are fp8 (then the rest is in the fp8 path's
+    :func:`~tritonlab.workloads.fp8.compute_dtype`)."""
+    return (compute_dtype(), True) if dtype == FP8 else (DTYPES[dtype], False)
+
+
 def compulsory_bytes(cfg: LayerConfig, n_layers: int, mode: str, batch: int, second: int,
-                     dtype: torch.dtype) -> dict[str, int]:
+                     dtype: torch.dtype, *, fp8: bool = False) -> dict[str, int]:
     """The bytes one step must move to and from memory at the least, by part (each read or
     written once; a kernel that re-reads moves more), with W the weights in ``dtype``
     (:func:`~tritonlab.workloads.layer.weight_bytes`), W32 the same in fp32, O the AdamW
@@ -192,9 +213,17 @@ def compulsory_bytes(cfg: LayerConfig, n_layers: int, mode: str, batch: int, sec
     * decode (T = batch, at the lengths L_b of :func:`decode_lengths`): weights W, kv_read
       KV(sum L_b), kv_write KV(T), io 2 T dim s.
 
+    ``fp8`` (prefill and decode of ``--dtype fp8``, with ``dtype`` the compute dtype): W is
+    the fp8 weights as they sit in memory (one byte per projection weight, float32 scales,
+    16-bit norms: :func:`~tritonlab.workloads.layer_serve.fp8_weight_bytes`), and the part
+    act_quant adds the per-token e4m3 codes and scales the quantiser writes and the fp8 GEMMs
+    read back before each projection
+    (:func:`~tritonlab.workloads.layer_serve.fp8_activation_bytes`); KV cache and io stay
+    in ``dtype``.
+
     The dict holds the parts and their sum under ``total``."""
     s = dtype.itemsize
-    w = weight_bytes(cfg, n_layers, dtype)
+    w = fp8_weight_bytes(cfg, n_layers, dtype) if fp8 else weight_bytes(cfg, n_layers, dtype)
     if mode == "train":
         tokens = batch * second
         w32 = weight_bytes(cfg, n_layers, torch.float32)
@@ -212,6 +241,9 @@ def compulsory_bytes(cfg: LayerConfig, n_layers: int, mode: str, batch: int, sec
                                            dtype),
                  "kv_write": kv_cache_bytes(cfg, n_layers, batch, dtype),
                  "io": 2 * batch * cfg.dim * s}
+    if fp8 and mode != "train":
+        tokens = batch * second if mode == "prefill" else batch
+        parts["act_quant"] = fp8_activation_bytes(cfg, n_layers, tokens)
     return {**parts, "total": sum(parts.values())}
 
 
@@ -226,14 +258,15 @@ def estimated_footprint(cfg: LayerConfig, plan: LayerPlan, phase: PlannedPhase) 
     """Bytes a phase will hold, from the workloads' formulas, before anything is built (the
     capacity check): the sum of the parts :func:`build_step`'s footprint reports, with the
     triton impl's saved activations standing in for both impls in training."""
-    dt = DTYPES[plan.dtype]
+    dt, fp8 = storage(plan.dtype_of(phase.mode))
     L = plan.n_layers
     if phase.mode == "train":
         return (weight_bytes(cfg, L, dt) + weight_bytes(cfg, L, torch.float32)
                 + optimizer_bytes(cfg, L)
                 + train_activation_bytes(cfg, L, phase.batch, phase.second, dt))
-    return weight_bytes(cfg, L, dt) + KVCache.bytes_for(cfg, L, phase.batch, plan.max_seq, dt,
-                                                        block_size=BLOCK_SIZE)
+    weights = fp8_weight_bytes(cfg, L, dt) if fp8 else weight_bytes(cfg, L, dt)
+    return weights + KVCache.bytes_for(cfg, L, phase.batch, plan.max_seq, dt,
+                                       block_size=BLOCK_SIZE)
 
 
 def over_capacity(plan: LayerPlan, capacity_bytes: int | None) -> dict[str, str]:
@@ -274,16 +307,20 @@ def _master_weights(cfg: LayerConfig, n_layers: int, seed: int) -> list[dict[str
 
 def build_step(plan: LayerPlan, phase: PlannedPhase, *, data_seed: int, device) -> Built:
     """Build the workload of ``phase`` on the plan's weights (:func:`init_params` from the
-    plan's seed: the same values in every regime) and one fixed input."""
-    cfg, L, dt = plan.config(), plan.n_layers, DTYPES[plan.dtype]
+    plan's seed: the same values in every regime) and one fixed input, in the phase's dtype
+    (:meth:`~tritonlab.contrast.plan.PlanDtypes.dtype_of`: an fp8 plan's serving weights
+    are quantised once here, its training is not)."""
+    cfg, L = plan.config(), plan.n_layers
+    dt, fp8 = storage(plan.dtype_of(phase.mode))
     b, n = phase.batch, phase.second
-    nbytes = compulsory_bytes(cfg, L, phase.mode, b, n, dt)
+    nbytes = compulsory_bytes(cfg, L, phase.mode, b, n, dt, fp8=fp8)
     if phase.mode == "train":
         work = LayerTrainStep(cfg, L, impl=phase.impl, dtype=dt, device=device, seed=plan.seed)
         x, target = work.make_batch(b, n, data_seed)
         return Built(lambda: work.step(x, target), work.flops(b, n), b * n, nbytes,
                      work.footprint(b, n))
-    weights = ServingWeights(cfg, _master_weights(cfg, L, plan.seed), dtype=dt, device=device)
+    weights = ServingWeights(cfg, _master_weights(cfg, L, plan.seed), dtype=FP8 if fp8 else dt,
+                             device=device)
     g = torch.Generator(device="cpu").manual_seed(data_seed)
     cache = KVCache(cfg, L, b, plan.max_seq, dtype=dt, device=device, block_size=BLOCK_SIZE,
                     seed=plan.seed)
@@ -330,8 +367,10 @@ def device_is_cuda(device) -> bool:
 
 def compute_key(dtype: str) -> str:
     """The device table's compute ceiling for a dtype: tensor-core rates for the 16-bit
-    types, the CUDA-core FP32 rate for float32 (the lab's kernels do not round to TF32)."""
-    return {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}[dtype]
+    types and fp8 (the fp8 phases' GEMMs, which hold their FLOPs), the CUDA-core FP32 rate
+    for float32 (the lab's kernels do not round to TF32)."""
+    return {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+            FP8: "fp8"}[dtype]
 
 
 def layer_metrics(row: dict, built_info: dict, latencies_s: Sequence[float], *,
@@ -341,8 +380,11 @@ def layer_metrics(row: dict, built_info: dict, latencies_s: Sequence[float], *,
     arithmetic intensity, % of the compute and bandwidth peaks (``peaks``: a
     :class:`~tritonlab.hw.specs.Ceilings` or None), energy per token, the footprint by
     part and % of ``capacity_bytes``, and the median per-step TFLOP/s and GB/s with their
-    bootstrap 95% intervals (what the verdict compares). A value that cannot be computed
-    is None with its reason in ``row["unavailable"]``."""
+    bootstrap 95% intervals, and the same for the per-step % of the compute peak (what
+    the verdict compares). ``dtype`` is the phase's own (an
+    fp8 plan's inference phases against the fp8 peak, its training against the 16-bit
+    one). A value that cannot be computed is None with its reason in
+    ``row["unavailable"]``."""
     why = row.setdefault("unavailable", {})
 
     def put(key, value, reason):
@@ -372,6 +414,14 @@ def layer_metrics(row: dict, built_info: dict, latencies_s: Sequence[float], *,
                else f"no {key} compute peak for this device")
     put("compute_peak_tflops", peak, no_peak)
     put("compute_pct", 100 * row["tflops"] / peak if peak else None, no_peak)
+    # The per-step % of the phase's own dtype's peak: what the verdict compares when the
+    # phases' dtypes differ (fp8 inference beside 16-bit training).
+    put("step_compute_pct_median", float(np.median(rates)) * 100 / peak if peak else None,
+        no_peak)
+    put("step_compute_pct_ci",
+        None if not peak or row["step_tflops_ci"] is None else
+        [v * 100 / peak for v in row["step_tflops_ci"]],
+        no_peak if not peak else "fewer than 2 steps")
     bw = peaks.bandwidth_gbps if peaks else None
     put("bandwidth_peak_gbps", bw, "no memory-bandwidth peak known for this device")
     put("bandwidth_pct", 100 * row["achieved_gbps"] / bw if bw else None,
@@ -408,12 +458,12 @@ def decode_flip_batch(cfg: LayerConfig, n_layers: int, context: int, dtype: str,
     FLOPs do, so the intensity levels off, possibly below the ridge). The ragged spread
     makes the intensity rise with the batch only nearly monotonically, so the bisection's
     answer is the crossing to within a batch or two."""
-    dt = DTYPES[dtype]
+    dt, fp8 = storage(dtype)
 
     def intensity(b: int) -> float:
         """FLOP per compulsory byte of a decode step at batch ``b``."""
         return (decode_flops(cfg, n_layers, decode_lengths(b, context))
-                / compulsory_bytes(cfg, n_layers, "decode", b, context, dt)["total"])
+                / compulsory_bytes(cfg, n_layers, "decode", b, context, dt, fp8=fp8)["total"])
 
     return first_batch_reaching(intensity, ridge, limit)
 

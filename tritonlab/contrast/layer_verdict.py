@@ -12,18 +12,26 @@ from __future__ import annotations
 
 from tritonlab.contrast.decide import counters_label
 from tritonlab.contrast.layer import decode_flip_batch, ridge_point
-from tritonlab.measure.regimes import rank_regimes, resource_lines
+from tritonlab.measure.regimes import RESOURCES, rank_regimes, resource_lines
 from tritonlab.output import fmt_num
+
+# Compute in a contrast whose phases ran in different dtypes (fp8 inference, 16-bit
+# training): TFLOP/s of different dtypes are not comparable (fp8 tensor cores have twice the
+# 16-bit peak), so each phase's median per-step % of its own dtype's peak is compared.
+OWN_PEAK_COMPUTE = ("compute", "step_compute_pct_median", "step_compute_pct_ci",
+                    "% of its dtype's peak")
 
 
 def decode_flip(rows: list[dict], plan, peaks) -> dict:
     """Where decode stops being bandwidth bound along the batch axis, per impl and context:
     each measured decode point's arithmetic intensity (FLOPs over compulsory bytes) against
-    the device's ridge point (compute peak / bandwidth peak for the plan's dtype), the first
+    the device's ridge point (compute peak / bandwidth peak for decode's dtype: fp8 in an
+    fp8 plan), the first
     measured batch at or above it, and the batch the formulas predict
     (:func:`~tritonlab.contrast.layer.decode_flip_batch`). Without a known ridge point (the
     CPU) only the intensities are given."""
-    ridge = ridge_point(peaks, plan.dtype)
+    dtype = plan.dtype_of("decode")
+    ridge = ridge_point(peaks, dtype)
     series = []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -39,7 +47,7 @@ def decode_flip(rows: list[dict], plan, peaks) -> dict:
                   for r in rs]
         first = next((p["batch"] for p in points if p["bound"] == "compute"), None)
         predicted = (None if ridge is None else
-                     decode_flip_batch(plan.config(), plan.n_layers, context, plan.dtype, ridge))
+                     decode_flip_batch(plan.config(), plan.n_layers, context, dtype, ridge))
         series.append({"impl": impl, "context": context, "points": points,
                        "first_compute_bound_batch": first, "predicted_flip_batch": predicted})
     return {"ridge_flop_per_byte": ridge,
@@ -79,7 +87,10 @@ def layer_verdict(rows: list[dict], *, plan, counters: str, device: str, idle: d
                   backend: str = "interpreter", peaks=None) -> dict:
     """Which regime demands most of each resource and which overall (``harder``), by the
     rules of :func:`tritonlab.measure.regimes.rank_regimes`, and the decode flip point
-    (:func:`decode_flip`). Every sentence of the explanation is built from those numbers."""
+    (:func:`decode_flip`). When the regimes measured ran in different dtypes (an fp8 plan),
+    compute is compared as % of each phase's own dtype's peak (:data:`OWN_PEAK_COMPUTE`),
+    and the explanation says which dtype each regime ran in. Every sentence of the
+    explanation is built from those numbers."""
     label = counters_label(rows, counters, backend)
     by_regime = {m: [r for r in rows if r.get("mode") == m and not r.get("error")
                      and not r.get("skipped")] for m in plan.modes}
@@ -89,10 +100,16 @@ def layer_verdict(rows: list[dict], *, plan, counters: str, device: str, idle: d
         return {"counters": counters, "label": label, "harder": None, "decided_by": None,
                 "resources": [], "flip": flip,
                 "explanation": ["No measured phase: nothing to compare."]}
-    ranked = rank_regimes(by_regime)
+    mixed = len({plan.dtype_of(m) for m in by_regime}) > 1
+    ranked = rank_regimes(by_regime, resources=tuple(
+        OWN_PEAK_COMPUTE if mixed and res[0] == "compute" else res for res in RESOURCES))
     resources, harder, decided_by = ranked["resources"], ranked["harder"], ranked["decided_by"]
     lines = [f"Measured with {label}, on {device}; regimes measured: "
              f"{', '.join(by_regime)}."]
+    if mixed:
+        lines.append(f"The regimes ran in different dtypes ({plan.precision()}): compute is "
+                     f"compared as % of each phase's own dtype's peak, the other resources "
+                     f"as measured.")
     lines.append("Neither regime demands most overall: " + decided_by + "." if harder == "tie"
                  else f"{harder.capitalize()} demands most overall, by {decided_by}.")
     lines += resource_lines(resources)

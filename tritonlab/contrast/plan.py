@@ -7,9 +7,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import torch
+
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters as counters_mod
+from tritonlab.kernels.fp8_matmul import MIN_CAPABILITY
 from tritonlab.ops.contract import DTYPES
+from tritonlab.workloads.fp8 import FP8
 from tritonlab.workloads.model import SIZES
 
 MODES = ("train", "infer")
@@ -30,12 +34,48 @@ DEFAULTS = {
                         dtype="float32", warmup_s=0.2, idle_s=1.0, cooldown_s=0.2),
 }
 INTERPRETER_SIZES = ("tiny", "small")
+# --dtype: one dtype for every phase, or fp8 for the inference phases (training stays in the
+# backend's default: bfloat16 on a GPU).
+DTYPE_CHOICES = (*DTYPES, FP8)
+# What "fp8" means in the inference phases (tritonlab.workloads.fp8).
+FP8_SCHEME = "e4m3, per-token activation scales, per-channel weight scales"
+
+
+class PlanDtypes:
+    """What both plans (feed-forward and layer) say about dtypes: ``dtype`` is the --dtype
+    given (or the default), ``train_dtype`` the training phases' dtype where it differs
+    (an fp8 plan: only inference runs in fp8), else None."""
+
+    dtype: str
+    train_dtype: str | None
+    modes: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """The plan as JSON-ready data (what the manifest records and a resume compares);
+        ``train_dtype`` only when set, so that runs planned before fp8 still resume."""
+        d = asdict(self)
+        if d["train_dtype"] is None:
+            del d["train_dtype"]
+        return d
+
+    def dtype_of(self, mode: str) -> str:
+        """The dtype the phases of ``mode`` run in (``fp8``, or a name of DTYPES)."""
+        return self.train_dtype if mode == "train" and self.train_dtype else self.dtype
+
+    def precision(self) -> str:
+        """The dtypes in words, for the headers: the dtype, or for an fp8 plan
+        "inference fp8 (<scheme>), training bfloat16" (each part when its modes run)."""
+        if self.dtype != FP8:
+            return self.dtype
+        parts = ([f"inference {FP8} ({FP8_SCHEME})"] if set(self.modes) - {"train"} else [])
+        parts += [f"training {self.train_dtype}"] if "train" in self.modes else []
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a feed-forward contrast runs: modes, impls and batches, the model size, dtype,
-    timing and seed."""
+class Plan(PlanDtypes):
+    """What a feed-forward contrast runs: modes, impls and batches, the model size, dtypes
+    (:class:`PlanDtypes`), timing and seed."""
 
     batches: tuple[int, ...]
     duration_s: float
@@ -48,10 +88,7 @@ class Plan:
     cooldown_s: float
     interval_ms: float
     seed: int
-
-    def to_dict(self) -> dict:
-        """The plan as JSON-ready data (what the manifest records and a resume compares)."""
-        return asdict(self)
+    train_dtype: str | None = None
 
     @property
     def model(self) -> str:
@@ -107,15 +144,50 @@ def choices(values: Sequence[str], valid: Sequence[str], unknown_what: str,
     return values
 
 
+def gpu_capability() -> tuple[int, int]:
+    """The current GPU's compute capability (major, minor)."""
+    return torch.cuda.get_device_capability()
+
+
 def check_dtype(dtype: str, backend_name: str) -> str:
     """``dtype`` if the backend computes it correctly, else a UsageError naming the valid
-    ones (bf16 is wrong under the interpreter)."""
-    if dtype not in DTYPES:
-        raise UsageError(f"unsupported dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    ones: bf16 is wrong under the interpreter, and fp8 needs tensor cores of compute
+    capability 8.9 or newer on a GPU (the interpreter upcasts fp8 dots, so it runs there)."""
+    if dtype not in DTYPE_CHOICES:
+        raise UsageError(f"unsupported dtype {dtype!r}; valid dtypes: "
+                         f"{', '.join(DTYPE_CHOICES)}")
     if backend_name != "cuda" and dtype == "bfloat16":
         raise UsageError("bfloat16 is wrong under the Triton interpreter (its bf16 dot returns "
                          "garbage); use float32 or float16, or run on a GPU")
+    if backend_name == "cuda" and dtype == FP8 and gpu_capability() < MIN_CAPABILITY:
+        cap = gpu_capability()
+        raise UsageError(f"--dtype fp8 needs a GPU of compute capability "
+                         f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ada, Hopper); "
+                         f"this one is {cap[0]}.{cap[1]}: use one of "
+                         f"{', '.join(d for d in DTYPE_CHOICES if d != FP8)}")
     return dtype
+
+
+def train_dtype_for(dtype: str, defaults: dict, backend_name: str, modes: Sequence[str]
+                    ) -> tuple[str | None, list[str]]:
+    """The training phases' dtype when it differs from ``dtype``: for fp8 the backend's
+    default (``defaults["dtype"]``: bfloat16 on a GPU, float32 under the interpreter, whose
+    bf16 dots are wrong), since only inference is quantised; else None. Returns it and a
+    warning when training runs under the interpreter, where it cannot run in bfloat16."""
+    if dtype != FP8:
+        return None, []
+    train = defaults["dtype"]
+    if backend_name == "cuda" or "train" not in modes:
+        return train, []
+    return train, [f"--dtype fp8: the inference phases run in fp8 (the rest of inference in "
+                   f"float16), and training, which stays bfloat16 on a GPU, runs in {train} "
+                   f"here, the interpreter's default (its bf16 dots are wrong)"]
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    """What the workloads take for a dtype name: a torch.dtype, or "fp8" as it is (the
+    inference workloads' fp8 path)."""
+    return name if name == FP8 else DTYPES[name]
 
 
 def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
@@ -142,12 +214,13 @@ def make_plan(backend_name: str, *, batches: Sequence[int] | None = None,
     impls = choices(impls, IMPLS, "unknown impl", "valid impls")
     modes = choices(modes, MODES, "unknown mode", "valid modes")
     dtype = check_dtype(dtype or d["dtype"], backend_name)
+    train_dtype, dtype_warnings = train_dtype_for(dtype, d, backend_name, modes)
     timing, warnings = timing_options(d, duration_s=duration_s, warmup_s=warmup_s,
                                       idle_s=idle_s, cooldown_s=cooldown_s,
                                       interval_ms=interval_ms)
     plan = Plan(batches=batches, model_size=model_size, impls=impls, modes=modes,
-                dtype=dtype, seed=seed, **timing)
-    return plan, warnings
+                dtype=dtype, seed=seed, train_dtype=train_dtype, **timing)
+    return plan, dtype_warnings + warnings
 
 
 def timing_options(defaults: dict, *, duration_s: float | None, warmup_s: float | None,

@@ -22,14 +22,17 @@ class PhaseRow(TypedDict, total=False):
     """One entry of contrast.json's ``phases``. A key a phase has no use for is absent (the
     idle baseline has no steps, the GPU keys are absent on the CPU backend); a key present
     with None has its reason in ``unavailable``. A failed phase holds only name, mode, impl,
-    batch and ``error``; a skipped one (layer contrast) name, mode, impl, batch, point and
-    ``skipped``. The layer contrast's measured rows also hold the keys of
+    batch, dtype and ``error``; a skipped one (layer contrast) name, mode, impl, batch,
+    dtype, point and ``skipped``. The layer contrast's measured rows also hold the keys of
     :func:`tritonlab.contrast.layer.layer_metrics`."""
 
     name: str
     mode: str
     impl: str | None
     batch: int | None
+    # the dtype the phase ran in (an fp8 plan mixes fp8 inference with 16-bit training);
+    # absent from the idle baseline
+    dtype: str
     seconds: float
     n_samples: int
     # the workload's numbers (measured phases only)
@@ -86,28 +89,31 @@ class PhaseRow(TypedDict, total=False):
     skipped: str
 
 
-def skipped_row(run: PhaseRun) -> PhaseRow:
+def skipped_row(run: PhaseRun, dtype: str) -> PhaseRow:
     """The row of a phase that was not run (its footprint exceeds the card's memory)."""
-    return PhaseRow(name=run.name, mode=run.mode, impl=run.impl, batch=run.batch,
+    return PhaseRow(name=run.name, mode=run.mode, impl=run.impl, batch=run.batch, dtype=dtype,
                     point=run.point, skipped=run.skipped)
 
 
-def error_row(run: PhaseRun) -> PhaseRow:
+def error_row(run: PhaseRun, dtype: str) -> PhaseRow:
     """The row of a phase that failed before it was measured."""
-    return PhaseRow(name=run.name, mode=run.mode, impl=run.impl, batch=run.batch,
+    return PhaseRow(name=run.name, mode=run.mode, impl=run.impl, batch=run.batch, dtype=dtype,
                     error=run.error)
 
 
 def phase_row(sampler, ph: counters_mod.Phase, run: PhaseRun | None,
-              idle_power_w: float | None) -> PhaseRow:
+              idle_power_w: float | None, dtype: str | None = None) -> PhaseRow:
     """The flat row of contrast.json for one phase: the workload's numbers (``run``; None for
-    the idle baseline) beside the counters' (``sampler.summarize``). Every null value has
-    its reason in the row's ``unavailable``."""
+    the idle baseline) beside the counters' (``sampler.summarize``), and the ``dtype`` the
+    phase ran in (None: the idle baseline, which has none). Every null value has its reason
+    in the row's ``unavailable``."""
     s = sampler.summarize(ph)
     why = s["unavailable"]
     row = PhaseRow(name=ph.name, mode=run.mode if run else ph.kind,
                    impl=run.impl if run else None, batch=run.batch if run else None,
                    seconds=s["seconds"], n_samples=s["n_samples"])
+    if dtype is not None:
+        row["dtype"] = dtype
     unavailable: dict[str, str] = {}
 
     def put(key: str, value, reason: str | None = None) -> None:

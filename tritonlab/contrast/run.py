@@ -53,12 +53,11 @@ from tritonlab.contrast.phases import (
     nvtx_ranges,
     sleep_phase,
 )
-from tritonlab.contrast.plan import IMPLS, MODES, make_plan
+from tritonlab.contrast.plan import IMPLS, MODES, make_plan, torch_dtype
 from tritonlab.contrast.rows import PhaseRow, error_row, phase_row, skipped_row
 from tritonlab.errors import UsageError
 from tritonlab.hw import counters as counters_mod
 from tritonlab.hw import devices, nvml
-from tritonlab.ops.contract import DTYPES
 from tritonlab.output import dumps
 from tritonlab.report import timeline as timeline_mod
 from tritonlab.runs import store as runstore
@@ -198,7 +197,6 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
     document."""
     is_layer = plan.model == "layer"
     cfg = plan.config() if is_layer else MLPConfig.from_size(plan.model_size)
-    torch_dtype = DTYPES[plan.dtype]
     # The layer contrast's rows hold % of the device's peaks and capacity: a GPU's from the
     # device table (or measured ceilings), none for the CPU unless measured and cached.
     peaks = devices.peaks_for(device_info)
@@ -243,7 +241,8 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
             "counters_info": counter_info,
             "counters_origin_unix": origin_unix,
             "model": {"name": plan.model, "size": plan.model_size, **cfg.to_dict(),
-                      "dtype": plan.dtype,
+                      "dtype": plan.dtype, "precision": plan.precision(),
+                      "dtypes": {m: plan.dtype_of(m) for m in plan.modes},
                       **({"n_layers": plan.n_layers} if is_layer else {})},
             **({"peaks": ceilings.to_dict() if ceilings else None,
                 "capacity_bytes": capacity} if is_layer else {}),
@@ -280,16 +279,18 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
         return doc
 
     def row_of(run: PhaseRun, idle: PhaseRow | None) -> PhaseRow:
-        """A phase's row: skipped, failed, or measured (with the layer's metrics)."""
+        """A phase's row: skipped, failed, or measured (with the layer's metrics), each with
+        the dtype its mode runs in."""
+        dtype = plan.dtype_of(run.mode)
         if run.skipped:
-            return skipped_row(run)
+            return skipped_row(run, dtype)
         if run.error:
-            return error_row(run)
-        row = phase_row(sampler, run.phase, run, idle_power(idle))
+            return error_row(run, dtype)
+        row = phase_row(sampler, run.phase, run, idle_power(idle), dtype)
         if is_layer:
             row["point"] = run.point
             layer_mod.layer_metrics(row, run.info, run.latencies_s, peaks=ceilings,
-                                    capacity_bytes=capacity, dtype=plan.dtype)
+                                    capacity_bytes=capacity, dtype=dtype)
         return row
 
     def builder(ph, index: int):
@@ -305,7 +306,8 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
             return build
         return lambda: ffn_step(workloads, ph.mode, cfg, impl=ph.impl, batch=ph.batch,
                                 data_seed=plan.seed + index, seed=plan.seed,
-                                dtype=torch_dtype, device=be.device)
+                                dtype=torch_dtype(plan.dtype_of(ph.mode)),
+                                device=be.device)
 
     with sampler:
         counter_info = sampler.backend.info()
@@ -352,7 +354,7 @@ def _measure_all(run_dir: runstore.RunDir, manifest: dict, before: dict, plan, w
     save_counters()
     title = (f"contrast on {device_name} ({be.label}), "
              + (f"{plan.n_layers}-layer decoder {plan.model_size}" if is_layer
-                else f"model {plan.model_size}") + f", {plan.dtype}")
+                else f"model {plan.model_size}") + f", {plan.precision()}")
     if before["phases"]:
         title += " (the part measured after the last resume)"
     files = {"manifest": runstore.MANIFEST, "counters": runstore.COUNTERS,

@@ -22,22 +22,24 @@ def summary_text(doc: dict) -> str:
         extra = [("CPU %", "proc_cpu_pct"), ("sys %", "sys_cpu_pct"),
                  ("MHz", "cpu_freq_mhz"), ("W avg", "avg_power_w"),
                  ("peak RSS MiB", "peak_mem_mib")]
-    headers = ["phase", "steps", "samples/s", "p50 ms", "p99 ms", flop_head, "J/sample",
-               *(h for h, _ in extra)]
+    mixed = _mixed(doc)
+    headers = ["phase", *(["dtype"] if mixed else []), "steps", "samples/s", "p50 ms",
+               "p99 ms", flop_head, "J/sample", *(h for h, _ in extra)]
     rows = []
     for r in doc["phases"]:
+        head = [r["name"], *([r.get("dtype") or ""] if mixed else [])]
         if r.get("error"):
-            rows.append([r["name"], "failed: " + r["error"]])
+            rows.append([*head, "failed: " + r["error"]])
             continue
         tflops = r.get("tflops")
-        rows.append([r["name"], r.get("steps"), fmt_num(r.get("throughput_samples_s")),
+        rows.append([*head, r.get("steps"), fmt_num(r.get("throughput_samples_s")),
                      fmt_num(r.get("latency_p50_ms")), fmt_num(r.get("latency_p99_ms")),
                      fmt_num(None if tflops is None else tflops * flop_scale),
                      fmt_num(r.get("energy_per_sample_j")),
                      *(fmt_num(r.get(k)) for _, k in extra)])
     out = [f"backend: {doc['backend_label']}; counters: {doc['verdict']['label']}",
            f"model {doc['model']['size']} (dim {doc['model']['dim']}, hidden "
-           f"{doc['model']['hidden']}), {doc['model']['dtype']}; "
+           f"{doc['model']['hidden']}), {_precision(doc)}; "
            f"{doc['plan']['duration_s']:g} s per phase",
            table(rows, headers)]
     return "\n".join(out + _tail(doc))
@@ -70,6 +72,17 @@ def _tail(doc: dict) -> list[str]:
     return out
 
 
+def _precision(doc: dict) -> str:
+    """The dtypes in words (a run written before per-mode dtypes has only ``dtype``)."""
+    m = doc["model"]
+    return m.get("precision") or m["dtype"]
+
+
+def _mixed(doc: dict) -> bool:
+    """Whether the phases ran in different dtypes (fp8 inference, 16-bit training)."""
+    return len(set((doc["model"].get("dtypes") or {}).values())) > 1
+
+
 def _point(c: dict) -> str:
     """A grid point as a table cell: the batch, or the layer point's axes."""
     point = c.get("point")
@@ -82,19 +95,22 @@ def _layer_text(doc: dict) -> str:
     """The layer contrast's summary: per phase tokens/s, compute and bandwidth against the
     device's peaks, intensity, energy per token, footprint against the capacity, power."""
     flop_scale, flop_head = (1.0, "TFLOP/s") if doc["backend"] == "cuda" else (1e3, "GFLOP/s")
-    headers = ["phase", "steps", "tok/s", "p50 ms", flop_head, "% peak", "GB/s", "% BW",
-               "FLOP/B", "J/token", "footprint MiB", "% cap", "W avg"]
+    # A mixed-dtype run says each phase's dtype: its % peak is against that dtype's peak.
+    mixed = _mixed(doc)
+    headers = ["phase", *(["dtype"] if mixed else []), "steps", "tok/s", "p50 ms", flop_head,
+               "% peak", "GB/s", "% BW", "FLOP/B", "J/token", "footprint MiB", "% cap", "W avg"]
     rows = []
     for r in doc["phases"]:
+        head = [r["name"], *([r.get("dtype") or ""] if mixed else [])]
         if r.get("error"):
-            rows.append([r["name"], "failed: " + r["error"]])
+            rows.append([*head, "failed: " + r["error"]])
             continue
         if r.get("skipped"):
-            rows.append([r["name"], "skipped: " + r["skipped"]])
+            rows.append([*head, "skipped: " + r["skipped"]])
             continue
         tflops = r.get("tflops")
         fp = r.get("footprint_bytes")
-        rows.append([r["name"], r.get("steps"), fmt_num(r.get("tokens_per_s")),
+        rows.append([*head, r.get("steps"), fmt_num(r.get("tokens_per_s")),
                      fmt_num(r.get("latency_p50_ms")),
                      fmt_num(None if tflops is None else tflops * flop_scale),
                      fmt_num(r.get("compute_pct")), fmt_num(r.get("achieved_gbps")),
@@ -105,7 +121,7 @@ def _layer_text(doc: dict) -> str:
     m = doc["model"]
     out = [f"backend: {doc['backend_label']}; counters: {doc['verdict']['label']}",
            f"decoder layer {m['size']} x {m['n_layers']} (dim {m['dim']}, {m['n_heads']} heads, "
-           f"{m['n_kv_heads']} kv heads, hidden {m['hidden']}), {m['dtype']}; "
+           f"{m['n_kv_heads']} kv heads, hidden {m['hidden']}), {_precision(doc)}; "
            f"{doc['plan']['duration_s']:g} s per phase",
            table(rows, headers)]
     return "\n".join(out + _tail(doc))

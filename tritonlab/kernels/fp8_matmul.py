@@ -148,6 +148,7 @@ def quantize_fp8(x: torch.Tensor, *, q: torch.Tensor | None = None,
         raise UsageError(f"quantize_fp8: x has dtype {dtype_name(x.dtype)}; supported: "
                          + ", ".join(dtype_name(d) for d in OUT_DTYPES))
     _check_device(x, "x")
+    check_no_grad("quantize_fp8", x=x)
     M, K = x.shape
     if q is None:
         q = torch.empty((M, K), dtype=FP8_DTYPE, device=x.device)
@@ -214,7 +215,7 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor,
         _check_device(t, name)
         if t.device != a.device:
             raise UsageError(f"fp8_matmul: {name} is on {t.device} but a is on {a.device}")
-    check_no_grad("fp8_matmul", scale_a=scale_a, scale_b=scale_b)
+    check_no_grad("fp8_matmul", a=a, b=b, scale_a=scale_a, scale_b=scale_b)
     if out is None:
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
     elif out.shape != (M, N) or out.dtype != out_dtype or out.device != a.device:

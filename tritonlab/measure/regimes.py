@@ -84,11 +84,13 @@ def compare_resource(name: str, key: str, ci_key: str | None, unit: str,
     return out
 
 
-def rank_regimes(by_regime: dict[str, list[dict]]) -> dict:
-    """Every resource of :data:`RESOURCES` compared across ``by_regime`` (regime -> its rows,
-    each non-empty), and the overall answer: ``harder`` (a regime or "tie"), ``decided_by``
-    (why), ``wins`` (resources won per regime)."""
-    resources = [compare_resource(*res, by_regime) for res in RESOURCES]
+def rank_regimes(by_regime: dict[str, list[dict]], resources=RESOURCES) -> dict:
+    """Every resource of ``resources`` (default :data:`RESOURCES`; a caller may compare one
+    by another row key, as a mixed-dtype contrast compares compute as % of each phase's own
+    peak) compared across ``by_regime`` (regime -> its rows, each non-empty), and the
+    overall answer: ``harder`` (a regime or "tie"), ``decided_by`` (why), ``wins``
+    (resources won per regime)."""
+    resources = [compare_resource(*res, by_regime) for res in resources]
     decided = [r for r in resources if r["winner"] not in (None, "tie")]
     power = next(r for r in resources if r["resource"] == "power")
     wins = {m: sum(r["winner"] == m for r in decided) for m in by_regime}

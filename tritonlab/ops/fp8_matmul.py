@@ -163,7 +163,7 @@ class Fp8MatmulOp(OpSpec):
         return None
 
     def compile_targets(self, dtype):
-        """The persistent kernel with e4m3 operands on the issue's 8192 x 8192 x 4096 problem
+        """The persistent kernel with e4m3 operands on the 8192 x 8192 x 4096 target problem
         (A row-major, B = W^T column-major as torch._scaled_mm takes it), and the quantiser
         on an 8192 x 4096 activation; neither below sm_89, which has no fp8."""
         scales = ("row", "col") if self.per_row else ("tensor", "tensor")

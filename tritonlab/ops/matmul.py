@@ -32,7 +32,7 @@ class MatmulOp(OpSpec):
         "square": [mnk(s, s, s) for s in (256, 512, 1024, 2048, 3072, 4096, 6144, 8192)],
         # llm: Llama-3-8B projections (K -> N) at decode (M = 1..16) and prefill (2048..16384).
         "llm": [mnk(m, n, k) for m in (1, 16, 2048, 8192, 16384) for (k, n) in LLAMA3_8B_PROJECTIONS],
-        # The square targets alone (>= 0.95x cuBLAS on a GPU).
+        # The square performance targets alone (>= 0.95x cuBLAS on a GPU).
         "square_big": [mnk(4096, 4096, 4096), mnk(8192, 8192, 8192)],
         "kernelbench": [mnk(m, n, k) for (m, n, k) in KERNELBENCH_GEMMS],
     }

@@ -78,13 +78,13 @@ def contrast(runs: list[Run], fig_dir: Path) -> list[Block]:
             blocks.append(Para(
                 f"Decoder layer {model.get('size', '?')} x {model.get('n_layers', '?')} (dim "
                 f"{model.get('dim', '?')}, hidden {model.get('hidden', '?')}, "
-                f"{model.get('dtype', '?')}) as training, prefill and decode on the same "
+                f"{_precision(model)}) as training, prefill and decode on the same "
                 f"weights; {plan.get('duration_s', '?')} s per measured phase; counters: "
                 f"{doc.get('counters', '?')}."))
         elif model or plan:
             blocks.append(Para(
                 f"Model {model.get('size', '?')} (dim {model.get('dim', '?')}, hidden "
-                f"{model.get('hidden', '?')}, {model.get('dtype', '?')}); batches "
+                f"{model.get('hidden', '?')}, {_precision(model)}); batches "
                 f"{', '.join(map(str, plan.get('batches') or [])) or '?'}; "
                 f"{plan.get('duration_s', '?')} s per measured phase; counters: "
                 f"{doc.get('counters', '?')}."))
@@ -98,9 +98,14 @@ def contrast(runs: list[Run], fig_dir: Path) -> list[Block]:
         phases = [p for p in doc.get("phases") or [] if isinstance(p, Mapping)]
         if phases:
             cols = [(k, h) for k, h in _PHASE_COLUMNS if any(p.get(k) is not None for p in phases)]
-            blocks.append(Table(["phase", "mode", "impl", "batch", *[h for _, h in cols],
-                                 "error"],
+            # Each phase's own dtype: an fp8 contrast mixes fp8 inference with 16-bit
+            # training, each against its dtype's peak (rows written before per-phase dtypes
+            # ran in the model's).
+            blocks.append(Table(["phase", "mode", "impl", "batch", "dtype",
+                                 *[h for _, h in cols], "error"],
                                 [[p.get("name"), p.get("mode"), p.get("impl"), p.get("batch"),
+                                  p.get("dtype") or (model.get("dtype")
+                                                     if p.get("mode") != "idle" else None),
                                   *[p.get(k) for k, _ in cols],
                                   p.get("error") or p.get("skipped")]
                                  for p in phases]))
@@ -139,6 +144,12 @@ def contrast(runs: list[Run], fig_dir: Path) -> list[Block]:
     return blocks
 
 
+def _precision(model: Mapping) -> str:
+    """The contrast's dtypes in words ("inference fp8 (...), training bfloat16" for an fp8
+    run; the one dtype of a run written before per-mode dtypes)."""
+    return str(model.get("precision") or model.get("dtype") or "?")
+
+
 # The footprint's parts, bottom to top, and their colours.
 _FOOTPRINT_PARTS = (("weights", "#4c72b0"), ("gradients", "#dd8452"),
                     ("optimizer", "#c44e52"), ("activations", "#8172b3"),
@@ -159,9 +170,11 @@ def _layer_figures(run: Run, doc: Mapping, phases: list[Mapping], backend: str, 
     # plot_roofline's rows: the regime as the op (one colour family per regime, its impls
     # in shades) and a mode whose marker tells the regimes apart (training filled).
     marker_mode = {"train": "fwd_bwd", "prefill": "infer", "decode": "decode"}
+    # Each phase's own dtype (the model's for rows written before per-phase dtypes): each
+    # dtype has its own compute roof, so an fp8 contrast draws the fp8 and 16-bit roofs.
     dtype = (doc.get("model") or {}).get("dtype")
     rows = [{"op": p.get("mode"), "impl": p.get("impl"), "mode": marker_mode.get(p.get("mode")),
-             "dtype": dtype, "shape": p.get("point") or {"batch": p.get("batch")},
+             "dtype": p.get("dtype") or dtype, "shape": p.get("point") or {"batch": p.get("batch")},
              "tflops": p.get("tflops"), "intensity": p.get("arithmetic_intensity"),
              "flops": p.get("flops_per_step")} for p in measured]
     path = fig_dir / f"layer-roofline-{slug(run.label)}.png"

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import torch
 
+from tritonlab import backend
 from tritonlab.kernels.fp8_matmul import fp8_matmul, quantize_fp8
 from tritonlab.ops.fp8_matmul import quantize_reference
 
-__all__ = ["FP8", "Fp8Weight", "quantise_weight", "fp8_linear"]
+__all__ = ["FP8", "Fp8Weight", "compute_dtype", "quantise_weight", "fp8_linear"]
 
 # The dtype name the workloads take for this path.
 FP8 = "fp8"
+
+
+def compute_dtype() -> torch.dtype:
+    """The dtype of everything around the fp8 GEMMs (norms, attention, KV cache, residuals)
+    and the serving workloads' default: bfloat16 on a GPU, float16 under the interpreter,
+    whose bf16 dots are wrong. One definition, so that the workloads and the formulas that
+    size them before they are built (the contrast's bytes and footprint) agree."""
+    return torch.bfloat16 if backend.current().is_gpu else torch.float16
+
 
 # (W_q^T (in, out) column-major e4m3, scales (1, out) float32): fp8_matmul's B operand.
 Fp8Weight = tuple[torch.Tensor, torch.Tensor]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tritonlab import backend
 from tritonlab.kernels.gated_mlp import gated_mlp
 from tritonlab.kernels.matmul import matmul
-from tritonlab.workloads.fp8 import FP8, fp8_linear, quantise_weight
+from tritonlab.workloads.fp8 import FP8, compute_dtype, fp8_linear, quantise_weight
 from tritonlab.workloads.model import MLPConfig, init_params, reference_forward
 
 IMPLS = ("triton", "torch")
@@ -73,7 +73,7 @@ class InferenceWorkload:
         if isinstance(dtype, str) and not self.fp8:
             raise ValueError(f"unknown dtype {dtype!r} for the inference workload; a "
                              f"torch.dtype or {FP8!r}")
-        default = torch.bfloat16 if be.is_gpu else torch.float16
+        default = compute_dtype()
         self.dtype = default if self.fp8 or dtype is None else dtype
         self.device = torch.device(device if device is not None else be.device)
         if params is None:

@@ -48,7 +48,7 @@ from tritonlab.kernels.gated_mlp import gated_mlp
 from tritonlab.kernels.matmul import matmul
 from tritonlab.kernels.rmsnorm_linear import rmsnorm_linear
 from tritonlab.reference import apply_rope, eager_rmsnorm_gated, eager_rmsnorm_linear
-from tritonlab.workloads.fp8 import FP8, fp8_linear, quantise_weight
+from tritonlab.workloads.fp8 import FP8, compute_dtype, fp8_linear, quantise_weight
 from tritonlab.workloads.kv_cache import KVCache
 from tritonlab.workloads.layer import (
     PARAM_NAMES,
@@ -62,6 +62,31 @@ from tritonlab.workloads.layer import (
 )
 
 IMPLS = ("triton", "torch")
+
+
+def _projection_widths(cfg: LayerConfig) -> tuple[tuple[int, int], ...]:
+    """(in, out) features of the four projections as fp8 serving holds them: QKV stacked,
+    O, gate/up stacked, down."""
+    return ((cfg.dim, cfg.q_dim + 2 * cfg.kv_dim), (cfg.q_dim, cfg.dim),
+            (cfg.dim, 2 * cfg.hidden), (cfg.hidden, cfg.dim))
+
+
+def fp8_weight_bytes(cfg: LayerConfig, n_layers: int, dtype: torch.dtype) -> int:
+    """Bytes of fp8 :class:`ServingWeights` (what :attr:`ServingWeights.nbytes` holds,
+    computed before they are built): per layer one byte per projection weight, a float32
+    scale per output channel of each of the four projections, and the two RMSNorm weights
+    in the compute ``dtype``."""
+    per_layer = sum(k * n + 4 * n for k, n in _projection_widths(cfg)) + 2 * cfg.dim * dtype.itemsize
+    return n_layers * per_layer
+
+
+def fp8_activation_bytes(cfg: LayerConfig, n_layers: int, tokens: int) -> int:
+    """Bytes the per-call activation quantisation of fp8 serving adds for ``tokens``
+    tokens: before each of the four projections of every layer the quantiser writes one
+    e4m3 code per input feature and a float32 scale per token, which the fp8 GEMM then reads
+    back (2 (in + 4) bytes per token and projection). Its reading of the compute-dtype input
+    is the read the 16-bit GEMM makes, so it is not counted again."""
+    return n_layers * tokens * sum(2 * (k + 4) for k, _ in _projection_widths(cfg))
 
 
 class ServingWeights:
@@ -88,7 +113,7 @@ class ServingWeights:
         if isinstance(dtype, str) and not self.fp8:
             raise ValueError(f"unknown dtype {dtype!r} for the serving weights; a torch.dtype "
                              f"or {FP8!r}")
-        default = torch.bfloat16 if be.is_gpu else torch.float16
+        default = compute_dtype()
         self.dtype = default if self.fp8 or dtype is None else dtype
         self.device = torch.device(device if device is not None else be.device)
         shapes = cfg.param_shapes()
