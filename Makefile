@@ -13,6 +13,9 @@ HAS_GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 # The GPU check runs with the machine's own Python (which holds CUDA torch and triton).
 GPU_PY     ?= python3
 PYTEST_ARGS ?=
+# The CPU lane runs in one pytest worker per core (a test file stays on one worker, so its
+# module fixtures, the compile cache and the local Ray, are built once).
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint gpu-check clean
 
@@ -33,7 +36,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tritonlab demo --out reports/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tritonlab tests
