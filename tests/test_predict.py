@@ -119,32 +119,28 @@ def test_every_op_of_the_lab_predicts_in_every_mode(h100):
 # ------------------------------------------------------ layer formulas vs the workloads
 
 def test_layer_formulas_are_the_workloads():
-    assert L.SIZES == W.SIZES
-    assert L.PARAM_TENSORS == len(W.PARAM_NAMES)
     for size in L.SIZES:
-        cfg, wcfg = L.Config.from_size(size), W.LayerConfig.from_size(size)
-        assert cfg.param_count() == wcfg.param_count()
+        cfg = W.LayerConfig.from_size(size)
         for b, n in ((1, 7), (3, 64)):
             assert sum(k.flops for k in L.train_kernels(cfg, 2, b, n, 2)) == \
-                W.train_flops(wcfg, 2, b, n)
+                W.train_flops(cfg, 2, b, n)
             assert sum(k.flops for k in L.prefill_kernels(cfg, 2, b, n, 2)) == \
-                W.prefill_flops(wcfg, 2, [n] * b)
+                W.prefill_flops(cfg, 2, [n] * b)
             assert sum(k.flops for k in L.decode_kernels(cfg, 2, b, n, 2)) == \
-                W.decode_flops(wcfg, 2, L.decode_lengths(b, n))
+                W.decode_flops(cfg, 2, L.decode_lengths(b, n))
     for b, ctx in ((1, 1), (2, 37), (5, 4096), (64, 4096)):
         assert L.decode_lengths(b, ctx) == seq_lengths({"B": b, "CTX": ctx})
 
 
 def test_llama_footprints_match_the_workload_formulas():
-    cfg, wcfg, dt = L.Config.from_size("llama3-8b"), W.LayerConfig.from_size("llama3-8b"), \
-        torch.bfloat16
+    cfg, dt = W.LayerConfig.from_size("llama3-8b"), torch.bfloat16
     fp = L.footprint("train", cfg, 32, 2, 8192, 2, 1)
-    assert fp["weights"] == W.weight_bytes(wcfg, 32, dt)
-    assert fp["gradients"] == W.weight_bytes(wcfg, 32, torch.float32)
-    assert fp["optimizer"] == W.optimizer_bytes(wcfg, 32)
-    assert fp["activations"] == W.train_activation_bytes(wcfg, 32, 2, 8192, dt)
+    assert fp["weights"] == W.weight_bytes(cfg, 32, dt)
+    assert fp["gradients"] == W.weight_bytes(cfg, 32, torch.float32)
+    assert fp["optimizer"] == W.optimizer_bytes(cfg, 32)
+    assert fp["activations"] == W.train_activation_bytes(cfg, 32, 2, 8192, dt)
     serve = L.footprint("decode", cfg, 32, 64, 4096, 2, 8193)
-    assert serve["kv_cache"] == KVCache.bytes_for(wcfg, 32, 64, 8193, dt, block_size=16)
+    assert serve["kv_cache"] == KVCache.bytes_for(cfg, 32, 64, 8193, dt, block_size=16)
     # docs/layer.md's figures: 64 GiB of bf16 KV cache at 64 x 8192.
     assert 2 * 32 * 64 * 8192 * 1024 * 2 == 64 * 2**30
 
@@ -152,7 +148,7 @@ def test_llama_footprints_match_the_workload_formulas():
 def test_footprints_are_the_tensors_the_workloads_allocate():
     tiny = W.LayerConfig.from_size("tiny")
     layers, batch, seq, dt = 2, 2, 8, torch.float16
-    fp = L.footprint("train", L.Config.from_size("tiny"), layers, batch, seq, 2, 1)
+    fp = L.footprint("train", L.LayerConfig.from_size("tiny"), layers, batch, seq, 2, 1)
     step = LayerTrainStep(tiny, layers, impl="triton", dtype=dt, seed=0)
     assert fp["weights"] == sum(t.nbytes for w in step.working_weights() for t in w.values())
     x, target = step.make_batch(batch, seq, seed=1)
@@ -165,7 +161,7 @@ def test_footprints_are_the_tensors_the_workloads_allocate():
 
     weights = ServingWeights(tiny, W.init_params(tiny, layers, torch.float32, "cpu"), dtype=dt)
     cache = KVCache(tiny, layers, 3, 21, dtype=dt, device="cpu", block_size=16)
-    served = L.footprint("decode", L.Config.from_size("tiny"), layers, 3, 20, 2, 21)
+    served = L.footprint("decode", L.LayerConfig.from_size("tiny"), layers, 3, 20, 2, 21)
     assert served["weights"] == sum(t.nbytes for w in weights.layers for t in w.values())
     assert served["kv_cache"] == cache.nbytes
     assert {k: served[k] for k in ("weights", "kv_cache", "total")} == \
@@ -173,7 +169,7 @@ def test_footprints_are_the_tensors_the_workloads_allocate():
 
 
 def test_largest_batch_is_the_last_that_fits(h100):
-    cfg = L.Config.from_size("llama3-8b")
+    cfg = L.LayerConfig.from_size("llama3-8b")
     cap = h100.capacity_bytes
     assert cap == 80 * 10**9
     for regime, second, max_seq in (("decode", 4096, 4097), ("prefill", 2048, 2048)):
@@ -425,10 +421,11 @@ def test_bad_input_is_exit_2_with_the_choices(args, needle):
 
 def test_predict_loads_no_triton_kernel():
     # Triton itself, the lab's kernels, and the workloads and ops modules that import them
-    # (seconds of start-up): the op contract (no kernels) may load.
+    # (seconds of start-up): the op contract and the layer's sizes (no kernels) may load.
     code = ("import sys, tritonlab.commands.predict; "
             "print([m for m in sys.modules if m == 'triton' or m.startswith(('triton.', "
-            "'tritonlab.kernels', 'tritonlab.workloads')) or (m.startswith('tritonlab.ops.') "
+            "'tritonlab.kernels', 'tritonlab.workloads.')) and m != "
+            "'tritonlab.workloads.layer_config' or (m.startswith('tritonlab.ops.') "
             "and m != 'tritonlab.ops.contract')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
@@ -444,7 +441,7 @@ def test_a_target_without_a_power_model_says_why():
 
 def test_power_calibration_recovers_known_coefficients(tmp_path):
     idle, e_flop, e_byte = 65.0, 0.9e-12, 50e-12  # W, J per FLOP, J per byte
-    cfg = L.Config.from_size("tiny")
+    cfg = L.LayerConfig.from_size("tiny")
     phases = [{"name": "idle", "mode": "idle", "avg_power_w": idle}]
     for regime, batch, second, step_s in (("train", 4, 64, 0.004), ("prefill", 2, 128, 0.001),
                                           ("decode", 8, 256, 0.0002)):

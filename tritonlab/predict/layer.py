@@ -1,12 +1,13 @@
 """The decoder layer of :mod:`tritonlab.workloads.layer` as a list of kernels per regime, each
 with its FLOPs and compulsory bytes, and the memory footprint of each regime by part.
 
-Why the formulas are restated here rather than imported: :mod:`tritonlab.workloads.layer`
-imports the attention op and through it the Triton kernels (seconds of start-up), and a
-prediction needs none of them. The sizes, FLOP totals and footprints here are checked
-against the workloads' own (``workloads.layer.SIZES``, ``train_flops``, ``prefill_flops``,
-``decode_flops``, the ``footprint()`` of each workload and ``KVCache.bytes_for``) in
-tests/test_predict.py, so the two cannot drift apart silently.
+The sizes are the workloads' own (:mod:`tritonlab.workloads.layer_config`, plain Python).
+The per-kernel formulas are restated here rather than imported because
+:mod:`tritonlab.workloads.layer` imports the attention op and through it the Triton kernels
+(seconds of start-up), and a prediction needs none of them; their totals are checked against
+the workloads' (``train_flops``, ``prefill_flops``, ``decode_flops``, the ``footprint()`` of
+each workload and ``KVCache.bytes_for``) in tests/test_predict.py, so the two cannot drift
+apart silently.
 
 Notation: T tokens of the step, L layers, s the dtype's size in bytes, d = dim, q = n_heads
 head_dim, kv = n_kv_heads head_dim, h = hidden, P the elements of one layer's weights. The
@@ -19,48 +20,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Mirrors tritonlab.workloads.layer.SIZES (a test keeps them equal).
-SIZES = {
-    "tiny": dict(dim=64, n_heads=2, n_kv_heads=1, head_dim=32, hidden=128),
-    "small": dict(dim=128, n_heads=4, n_kv_heads=2, head_dim=32, hidden=256),
-    "llama3-8b": dict(dim=4096, n_heads=32, n_kv_heads=8, head_dim=128, hidden=14336),
-}
-# Layers a size has by default: Llama-3-8B's 32; the interpreter sizes one (the contrast's
-# default).
+from tritonlab.workloads.layer_config import PARAM_NAMES, LayerConfig
+from tritonlab.workloads.layer_config import SIZES as SIZES  # re-exported for predict
+
 MODEL_LAYERS = {"tiny": 1, "small": 1, "llama3-8b": 32}
 REGIMES = ("train", "prefill", "decode")
 # Tokens per block of the paged KV cache (the contrast's BLOCK_SIZE, vLLM's default).
 BLOCK_SIZE = 16
-# Weight tensors per layer (workloads.layer.PARAM_NAMES): two norms and seven projections.
-PARAM_TENSORS = 9
-
-
-@dataclass(frozen=True)
-class Config:
-    """One decoder layer's dimensions (as :class:`tritonlab.workloads.layer.LayerConfig`)."""
-
-    dim: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    hidden: int
-
-    @classmethod
-    def from_size(cls, name: str) -> Config:
-        return cls(**SIZES[name])
-
-    @property
-    def q_dim(self) -> int:
-        return self.n_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.n_kv_heads * self.head_dim
-
-    def param_count(self) -> int:
-        """P: two norm vectors, W_q, W_k, W_v, W_o, and the three MLP matrices."""
-        d, h = self.dim, self.hidden
-        return 2 * d + d * (2 * self.q_dim + 2 * self.kv_dim) + 3 * d * h
+# Weight tensors per layer: two norms and seven projections.
+PARAM_TENSORS = len(PARAM_NAMES)
 
 
 @dataclass(frozen=True)
@@ -104,7 +72,7 @@ def _gemm_backward(name: str, m: int, k: int, n: int, s: int, layers: int,
     return Kernel(name, layers * 4 * m * n * k, layers * nbytes, 2 * layers)
 
 
-def train_kernels(cfg: Config, layers: int, batch: int, seq: int, s: int) -> list[Kernel]:
+def train_kernels(cfg: LayerConfig, layers: int, batch: int, seq: int, s: int) -> list[Kernel]:
     """A training step of :class:`~tritonlab.workloads.layer_train.LayerTrainStep` (triton
     impl): the weights cast from the fp32 masters, per layer the five GEMMs forward (QKV
     stacked, O, gate with SiLU fused, up, down) and backward, flash attention forward
@@ -137,7 +105,7 @@ def train_kernels(cfg: Config, layers: int, batch: int, seq: int, s: int) -> lis
     return out
 
 
-def _serving_layer(cfg: Config, layers: int, t: int, s: int) -> list[Kernel]:
+def _serving_layer(cfg: LayerConfig, layers: int, t: int, s: int) -> list[Kernel]:
     """The kernels a prefill or decode step shares, for T tokens: the fused RMSNorm + QKV
     GEMM, RoPE and the cache write (q and k read and written, K and V written to the cache:
     s T (2 (q + kv) + 2 kv)), the O projection, the residual add (3 s T d), the gated MLP
@@ -156,7 +124,7 @@ def _serving_layer(cfg: Config, layers: int, t: int, s: int) -> list[Kernel]:
     ]
 
 
-def prefill_kernels(cfg: Config, layers: int, batch: int, prompt: int, s: int) -> list[Kernel]:
+def prefill_kernels(cfg: LayerConfig, layers: int, batch: int, prompt: int, s: int) -> list[Kernel]:
     """A prefill of ``batch`` prompts of ``prompt`` tokens (:class:`Prefill`): the serving
     kernels on T = batch x prompt tokens and causal flash attention (4 H D per causal pair;
     reads Q, K, V, writes O). FLOPs = prefill_flops."""
@@ -168,7 +136,7 @@ def prefill_kernels(cfg: Config, layers: int, batch: int, prompt: int, s: int) -
     return out[:2] + [attn] + out[2:]
 
 
-def decode_kernels(cfg: Config, layers: int, batch: int, context: int, s: int) -> list[Kernel]:
+def decode_kernels(cfg: LayerConfig, layers: int, batch: int, context: int, s: int) -> list[Kernel]:
     """One decode step (:class:`Decode`) of ``batch`` sequences at the cached lengths of
     :func:`decode_lengths`: the serving kernels on T = batch tokens and split-KV decode
     attention, each token attending to its cache and itself (4 H D per key; reads the K
@@ -180,7 +148,7 @@ def decode_kernels(cfg: Config, layers: int, batch: int, context: int, s: int) -
     return out[:2] + [attn] + out[2:]
 
 
-def kernels(regime: str, cfg: Config, layers: int, batch: int, second: int,
+def kernels(regime: str, cfg: LayerConfig, layers: int, batch: int, second: int,
             s: int) -> list[Kernel]:
     """The kernels of one step of ``regime`` at (batch, second): second is the training
     sequence, the prompt or the decode context."""
@@ -196,7 +164,7 @@ def tokens(regime: str, batch: int, second: int) -> int:
 
 # ---------------------------------------------------------------------------- footprint
 
-def train_activation_bytes(cfg: Config, layers: int, batch: int, seq: int, s: int) -> int:
+def train_activation_bytes(cfg: LayerConfig, layers: int, batch: int, seq: int, s: int) -> int:
     """What the triton training forward saves for backward (workloads.layer's formula): per
     token and layer s (4 d + (3 H + 2 H_kv) D + 4 h) + 4 (2 + H), plus 8 d per token for the
     fp32 loss input and target, plus the fp32 RoPE tables (8 seq D)."""
@@ -205,7 +173,7 @@ def train_activation_bytes(cfg: Config, layers: int, batch: int, seq: int, s: in
     return batch * seq * (layers * per_token_layer + 8 * cfg.dim) + 8 * seq * cfg.head_dim
 
 
-def kv_cache_bytes(cfg: Config, layers: int, batch: int, max_seq: int, s: int) -> int:
+def kv_cache_bytes(cfg: LayerConfig, layers: int, batch: int, max_seq: int, s: int) -> int:
     """A paged cache for ``batch`` sequences of up to ``max_seq`` tokens (KVCache.bytes_for):
     whole blocks of :data:`BLOCK_SIZE` slots, K and V per layer, plus the int32 block table
     and lengths."""
@@ -214,7 +182,7 @@ def kv_cache_bytes(cfg: Config, layers: int, batch: int, max_seq: int, s: int) -
     return 2 * layers * slots * cfg.kv_dim * s + 4 * batch * per_seq + 4 * batch
 
 
-def footprint(regime: str, cfg: Config, layers: int, batch: int, second: int, s: int,
+def footprint(regime: str, cfg: LayerConfig, layers: int, batch: int, second: int, s: int,
               max_seq: int) -> dict[str, int]:
     """Bytes held by part, and ``total``. Training (mixed precision, AdamW): weights (working
     copies, s P), gradients (fp32 on the masters, 4 P), optimizer (fp32 masters, exp_avg,
@@ -232,7 +200,7 @@ def footprint(regime: str, cfg: Config, layers: int, batch: int, second: int, s:
     return {**parts, "total": sum(parts.values())}
 
 
-def largest_batch(regime: str, cfg: Config, layers: int, second: int, s: int, max_seq: int,
+def largest_batch(regime: str, cfg: LayerConfig, layers: int, second: int, s: int, max_seq: int,
                   capacity: int) -> int:
     """The largest batch whose footprint fits in ``capacity`` bytes (0: not even one). The
     footprint is affine in the batch (fixed weights and state, then activations or cache per

@@ -100,7 +100,7 @@ def _contrast_points(run: Run) -> list[Measured]:
     dtype = _dtype(plan.get("dtype"))
     if plan.get("model") != "layer" or dtype is None or plan.get("model_size") not in L.SIZES:
         return []
-    cfg, s = L.Config.from_size(plan["model_size"]), DTYPES[dtype][1]
+    cfg, s = L.LayerConfig.from_size(plan["model_size"]), DTYPES[dtype][1]
     for p in phases:
         point = p.get("point") or {}
         second = next((point[k] for k in ("seq", "prompt", "context") if k in point), None)

@@ -38,8 +38,8 @@ class Grid:
     points: Mapping[str, tuple[tuple[int, int], ...]]
     max_seq: int
 
-    def config(self) -> L.Config:
-        return L.Config.from_size(self.model_size)
+    def config(self) -> L.LayerConfig:
+        return L.LayerConfig.from_size(self.model_size)
 
     def to_dict(self) -> dict:
         return {"model_size": self.model_size, "n_layers": self.n_layers, "dtype": self.dtype,
