@@ -125,6 +125,19 @@ def test_bad_out_dtype_and_quantiser_input(device):
         quantize_fp8(torch.zeros(3, 4, dtype=torch.int32, device=device))
 
 
+def test_quantiser_writes_strided_scales_in_row_order(device):
+    """A preallocated scale is written at m * its one stride: a strided (M, 1) column gets
+    the scales in row order; M values that are no single strided row are refused (reshape
+    would copy them, and the kernel would scramble the original's order)."""
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(3)).to(device)
+    q0, s0 = quantize_fp8(x)
+    buf = torch.zeros(8, 3, device=device)
+    _, s = quantize_fp8(x, scale=buf[:, 1:2])
+    assert torch.equal(s, s0) and torch.equal(buf[:, 1:2], s0) and not buf[:, ::2].any()
+    with pytest.raises(UsageError, match="strided row"):
+        quantize_fp8(x, scale=torch.empty(4, 2, device=device).t())
+
+
 def test_ops_registered_with_the_scaled_mm_baseline():
     ops = discover()
     for name in ("fp8_matmul", "fp8_matmul_tensorwise"):

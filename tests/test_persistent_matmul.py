@@ -207,6 +207,17 @@ def test_linear_falls_back_for_rows_a_descriptor_cannot_read(device, monkeypatch
     assert_close_to_reference(y, x.double() @ w.double().t(), 13)
 
 
+def test_linear_falls_back_for_an_output_a_descriptor_cannot_write(device, monkeypatch):
+    """Readable operands but 13 output columns (52-byte rows of y and of the saved
+    derivative): the tiled kernel, never an invalid output descriptor."""
+    monkeypatch.setattr(lin, "tma_device", lambda dev: True)
+    x, w = torch.randn(40, 48, device=device), torch.randn(13, 48, device=device)
+    with torch.no_grad():
+        y = linear(x, w)
+    assert lin.FWD_LAST()["path"] == "tiled" and "52 bytes" in lin.FWD_LAST()["fallback"]
+    assert_close_to_reference(y, x.double() @ w.double().t(), 48)
+
+
 @pytest.mark.parametrize("norm", [False, True])
 def test_gated_mlp_on_the_persistent_main_loop(norm, device, monkeypatch):
     """gated_mlp (and with the RMSNorm folded in) on the persistent kernel: 97 x 136 output,

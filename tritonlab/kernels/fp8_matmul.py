@@ -139,7 +139,8 @@ def quantize_fp8(x: torch.Tensor, *, q: torch.Tensor | None = None,
     """Per-row (per-token) e4m3 quantisation of a 2-D x (M, K) of float16, bfloat16 or
     float32, any strides: returns (q, scale) with q (M, K) float8_e4m3fn and scale (M, 1)
     float32 such that x ~ scale * q, each row scaled to the full e4m3 range (see the module
-    docstring). ``q`` and ``scale`` may be given (preallocated, any strides) to be written.
+    docstring). ``q`` (any strides) and ``scale`` (M values viewable as one strided row, e.g.
+    an (M, 1) column of a wider buffer) may be given preallocated, to be written.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise UsageError(f"quantize_fp8 takes a 2-D tensor (M, K), got "
@@ -160,10 +161,18 @@ def quantize_fp8(x: torch.Tensor, *, q: torch.Tensor | None = None,
     if scale.numel() != M or scale.dtype != torch.float32:
         raise UsageError(f"scale must hold {M} float32 values, got {tuple(scale.shape)} "
                          f"{dtype_name(scale.dtype)}")
+    # The kernel writes s[m] at m * one stride: a scale whose M values are not one strided
+    # row (reshape would copy) would be written in the wrong order, so refuse it.
+    try:
+        stride_s = scale.view(-1).stride(0) if M > 1 else 1
+    except RuntimeError as exc:
+        raise UsageError(f"scale of shape {tuple(scale.shape)} and strides "
+                         f"{tuple(scale.stride())} is not one strided row of {M} values; "
+                         f"pass an (M, 1) or (M,) tensor") from exc
     if M and K:
         _quantize_rows_kernel[(triton.cdiv(M, QUANT_BLOCK_M),)](
             x, q, scale, M, K, x.stride(0), x.stride(1), q.stride(0), q.stride(1),
-            scale.reshape(-1).stride(0) if M > 1 else 1,
+            stride_s,
             FP8_MAX=FP8_MAX, AMAX_FLOOR=AMAX_FLOOR, BLOCK_M=QUANT_BLOCK_M,
             BLOCK_K=QUANT_BLOCK_K, num_warps=4)
     elif M:

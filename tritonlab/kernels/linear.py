@@ -497,8 +497,11 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             # are one (M, K) matrix a tensor descriptor can read.
             x2 = (xr.as_strided((m, k), (stride_xm, xr.stride(-1)), xr.storage_offset())
                   if not split else None)
+            # y2 is written through a descriptor too (and d, which has its shape and
+            # strides): an N whose rows are no multiple of 16 bytes must fall back.
             fallback = ("x's leading dimensions do not collapse to one row stride" if split
-                        else descriptor_problem("x", x2) or descriptor_problem("weight", weight))
+                        else descriptor_problem("x", x2) or descriptor_problem("weight", weight)
+                        or descriptor_problem("out", y2, row_major=True))
             if fallback is None:
                 FWD_LAST.value = launch_persistent(x2, weight.t(), y2, precision=precision,
                                                    bias=bias, activation=activation, dact=d)
