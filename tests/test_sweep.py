@@ -224,6 +224,20 @@ def _run_toy(tmp_path, op, hooks=()):
                  hooks=list(hooks))
 
 
+def test_a_sweep_cut_short_by_an_error_is_not_marked_complete(tmp_path, monkeypatch):
+    """An error that escapes the point loop (a full disk on append) propagates, and the
+    manifest says interrupted, never complete: --resume finishes the run."""
+    op = _toy_op(Impl("good", "triton", _scale(2)), Impl("torch", "baseline", _scale(2)))
+
+    def full_disk(self, rows):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(RunDir, "append", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _run_toy(tmp_path, op)
+    manifest = json.loads((tmp_path / "run" / runstore.MANIFEST).read_text())
+    assert manifest["status"] == "interrupted"
+
+
 def test_incorrect_and_failing_impls_are_recorded_never_timed_and_the_sweep_goes_on(tmp_path):
     op = _toy_op(Impl("good", "triton", _scale(2)), Impl("wrong", "triton", _scale(3)),
                  Impl("broken", "triton", _broken_build), Impl("oom", "triton", _oom_after_check),

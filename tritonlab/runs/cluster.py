@@ -391,6 +391,11 @@ class _Driver:
             samples = self.pool.close()
         except KeyboardInterrupt:
             interrupted = True
+        except BaseException:
+            # Cut short by an error (a Ray failure the pool does not retry, a full disk): not
+            # complete; --resume finishes it from the rows already written.
+            interrupted = True
+            raise
         finally:
             for name, text in samples.items():
                 atomic_write_text(self.run_dir.path / f"counters-{name}.csv", text)

@@ -582,6 +582,11 @@ def run_sweep(points: Sequence[Point], run: RunDir, timer: Timer, options: Sweep
                          f"{len(bad)} failed" if bad else "ok")
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException:
+        # Cut short by an error: the run is not complete, and --resume finishes it from the
+        # rows already written.
+        interrupted = True
+        raise
     finally:
         manifest = run.update_manifest(status="interrupted" if interrupted else "complete",
                                        end_time=now_iso())
