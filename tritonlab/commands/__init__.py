@@ -118,6 +118,14 @@ DAY_S = 86400.0
 fails at once instead of overflowing a sleep after the run has begun."""
 
 
+def grid_option(flag: str, dest: str, unit: str, text: str):
+    """A repeatable grid option of the decoder-layer regimes (integers >= 1), shared by
+    ``contrast`` and ``predict``."""
+    return click.option(flag, dest, multiple=True,
+                        type=BoundedInt(1, 2**20, unit=unit, label=flag.lstrip("-")),
+                        help=f"{text} (repeatable).")
+
+
 def interruptible(command: Callable) -> Callable:
     """Decorate a long command's callback so that Ctrl-C, SIGTERM and SIGHUP stop it with
     exit 130 and one line on stderr whenever they come, set-up included (what it finished

@@ -9,7 +9,7 @@ import sys
 import click
 
 from tritonlab import contrast
-from tritonlab.commands import DAY_S, SEED, BoundedInt, FiniteFloat, interruptible, json_option
+from tritonlab.commands import DAY_S, SEED, BoundedInt, FiniteFloat, grid_option, interruptible, json_option
 from tritonlab.errors import UsageError
 from tritonlab.output import emit_json, info, output_dir
 from tritonlab.runs.store import command_argv, new_run_dir
@@ -22,10 +22,8 @@ LAYER_FLAGS = {"n_layers": "--layers", "train_batches": "--train-batch",
 
 
 def _grid_option(flag: str, dest: str, unit: str, text: str):
-    """A repeatable grid option of ``--model layer`` (integers >= 1)."""
-    return click.option(flag, dest, multiple=True,
-                        type=BoundedInt(1, 2**20, unit=unit, label=flag.lstrip("-")),
-                        help=f"--model layer: {text} (repeatable).")
+    """A grid option of ``--model layer``, so named in its help."""
+    return grid_option(flag, dest, unit, f"--model layer: {text}")
 
 
 @click.command("contrast")

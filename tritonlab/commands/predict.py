@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from tritonlab import backend
-from tritonlab.commands import BoundedInt, json_option
+from tritonlab.commands import BoundedInt, grid_option, json_option
 from tritonlab.errors import UsageError
 from tritonlab.hw import devices
 from tritonlab.output import emit_json, info
@@ -17,13 +17,6 @@ from tritonlab.predict.calibrate import calibrate
 from tritonlab.predict.layer import REGIMES, SIZES
 from tritonlab.predict.points import make_grid
 from tritonlab.predict.targets import DTYPES
-
-
-def _grid_option(flag: str, dest: str, unit: str, text: str):
-    """A repeatable grid option, as the contrast's (integers >= 1)."""
-    return click.option(flag, dest, multiple=True,
-                        type=BoundedInt(1, 2**20, unit=unit, label=flag.lstrip("-")),
-                        help=f"{text} (repeatable).")
 
 
 @click.command("predict")
@@ -36,15 +29,15 @@ def _grid_option(flag: str, dest: str, unit: str, text: str):
               default=None, help="Decoder layers (default: the model's, 32 for llama3-8b).")
 @click.option("--regime", "regimes", multiple=True,
               help=f"Regimes (repeatable; default all: {', '.join(REGIMES)}).")
-@_grid_option("--train-batch", "train_batches", "sequences", "Training sequences per step "
+@grid_option("--train-batch", "train_batches", "sequences", "Training sequences per step "
               "(default 1)")
-@_grid_option("--train-seq", "train_seqs", "tokens", "Tokens per training sequence (default "
+@grid_option("--train-seq", "train_seqs", "tokens", "Tokens per training sequence (default "
               "2048)")
-@_grid_option("--prefill-batch", "prefill_batches", "prompts", "Prompts per prefill (default 1)")
-@_grid_option("--prompt", "prompts", "tokens", "Tokens per prompt (default 2048)")
-@_grid_option("--decode-batch", "decode_batches", "sequences", "Sequences per decode step "
+@grid_option("--prefill-batch", "prefill_batches", "prompts", "Prompts per prefill (default 1)")
+@grid_option("--prompt", "prompts", "tokens", "Tokens per prompt (default 2048)")
+@grid_option("--decode-batch", "decode_batches", "sequences", "Sequences per decode step "
               "(default 1 and 64)")
-@_grid_option("--context", "contexts", "tokens", "Cached tokens of the longest decode sequence "
+@grid_option("--context", "contexts", "tokens", "Cached tokens of the longest decode sequence "
               "(default 4096)")
 @click.option("--max-seq", type=BoundedInt(1, 2**24, unit="tokens", label="--max-seq"),
               default=None, help="KV cache capacity per sequence (default: the longest prompt "

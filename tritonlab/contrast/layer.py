@@ -53,6 +53,7 @@ from tritonlab.workloads.layer import (
     train_activation_bytes,
     weight_bytes,
 )
+from tritonlab.workloads.layer_config import REGIMES as REGIMES  # re-exported: the regimes
 from tritonlab.workloads.layer_serve import (
     Decode,
     Prefill,
@@ -62,7 +63,6 @@ from tritonlab.workloads.layer_serve import (
 )
 from tritonlab.workloads.layer_train import LayerTrainStep
 
-REGIMES = ("train", "prefill", "decode")
 INTERPRETER_SIZES = ("tiny", "small")
 # Tokens per block of the paged KV caches (vLLM's default).
 BLOCK_SIZE = 16

@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass
 
 from tritonlab.workloads.layer_config import PARAM_NAMES, LayerConfig
+from tritonlab.workloads.layer_config import REGIMES as REGIMES  # re-exported for predict
 from tritonlab.workloads.layer_config import SIZES as SIZES  # re-exported for predict
 
 MODEL_LAYERS = {"tiny": 1, "small": 1, "llama3-8b": 32}
-REGIMES = ("train", "prefill", "decode")
 # Tokens per block of the paged KV cache (the contrast's BLOCK_SIZE, vLLM's default).
 BLOCK_SIZE = 16
 # Weight tensors per layer: two norms and seven projections.

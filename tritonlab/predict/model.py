@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from tritonlab.hw.specs import PowerModel
 from tritonlab.predict.layer import Kernel
 
-REGIMES = ("train", "prefill", "decode")
 BOUNDS = ("compute", "bandwidth", "launch", "power")
 
 

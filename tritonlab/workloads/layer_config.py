@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-__all__ = ["SIZES", "PARAM_NAMES", "LayerConfig", "check_count"]
+__all__ = ["SIZES", "PARAM_NAMES", "REGIMES", "LayerConfig", "check_count"]
+
+# The regimes a layer runs in, in the order the contrast and the prediction report them.
+REGIMES = ("train", "prefill", "decode")
 
 SIZES = {
     # head_dim 32 for the interpreter-sized configs: the smallest head dim the attention
