@@ -26,9 +26,10 @@ from tritonlab.ops.decode_attention import seq_lengths
 from tritonlab.predict import against as against_mod
 from tritonlab.predict import layer as L
 from tritonlab.predict import run as predict_run
-from tritonlab.predict.calibrate import calibrate
+from tritonlab.predict.calibrate import calibrate, fit_power
+from tritonlab.predict.measured import measured_points
 from tritonlab.predict.model import DEFAULT_EFFICIENCY, Efficiency, predict_step
-from tritonlab.predict.points import make_grid, op_row, spec_row
+from tritonlab.predict.points import make_grid, op_regime, op_row, spec_row
 from tritonlab.predict.targets import Target, gpu_target, resolve_gpu
 from tritonlab.predict.verdict import decode_flip
 from tritonlab.report.predict_section import predictions
@@ -439,20 +440,25 @@ def test_a_target_without_a_power_model_says_why():
     assert row["power_w"] is None and row["power_unavailable"] == "no power model for this device"
 
 
-def test_power_calibration_recovers_known_coefficients(tmp_path):
-    idle, e_flop, e_byte = 65.0, 0.9e-12, 50e-12  # W, J per FLOP, J per byte
+def _power_contrast(tmp_path, phase_power, dtypes=None, plan_dtype="bfloat16",
+                    idle=65.0):
+    """A synthetic layer contrast on an H100: the three regimes at one point each, phase
+    power ``idle + phase_power(dtype, flops, bytes) / step_s``; ``dtypes`` per regime
+    (bfloat16 throughout by default)."""
     cfg = L.LayerConfig.from_size("tiny")
     phases = [{"name": "idle", "mode": "idle", "avg_power_w": idle}]
     for regime, batch, second, step_s in (("train", 4, 64, 0.004), ("prefill", 2, 128, 0.001),
                                           ("decode", 8, 256, 0.0002)):
-        ks = L.kernels(regime, cfg, 1, batch, second, 2)
+        dtype = (dtypes or {}).get(regime, "bfloat16")
+        ks = L.kernels(regime, cfg, 1, batch, second, 1 if dtype == "fp8" else 2)
         flops, nbytes = sum(k.flops for k in ks), sum(k.bytes for k in ks)
         phases.append({
             "name": f"{regime}/triton", "mode": regime, "impl": "triton", "batch": batch,
+            "dtype": dtype,
             "point": {{"train": "seq", "prefill": "prompt", "decode": "context"}[regime]:
                       second},
             "latency_p50_ms": 1e3 * step_s, "steps": 100, "seconds": 100 * step_s,
-            "avg_power_w": idle + (e_flop * flops + e_byte * nbytes) / step_s,
+            "avg_power_w": idle + phase_power(dtype, flops, nbytes) / step_s,
             "power_limit_w": 690.0})
     run = tmp_path / "contrast"
     run.mkdir()
@@ -462,19 +468,76 @@ def test_power_calibration_recovers_known_coefficients(tmp_path):
     (run / "contrast.json").write_text(json.dumps({
         "schema_version": 1, "kind": "contrast", "backend": "cuda",
         "model": {"name": "layer"}, "phases": phases,
-        "plan": {"model": "layer", "model_size": "tiny", "n_layers": 1, "dtype": "bfloat16",
+        "plan": {"model": "layer", "model_size": "tiny", "n_layers": 1, "dtype": plan_dtype,
                  "max_seq": 257}}))
+    return run
+
+
+def test_power_calibration_recovers_known_coefficients(tmp_path):
+    idle, e_flop, e_byte = 65.0, 0.9e-12, 50e-12  # W, J per FLOP, J per byte
+    run = _power_contrast(tmp_path, lambda dtype, f, b: e_flop * f + e_byte * b, idle=idle)
     cal = calibrate(run)
     assert cal.power is not None, cal.power_reason
     assert cal.power.idle_w == idle and cal.power.limit_w == 690.0
     assert cal.power.pj_per_flop["bfloat16"] == pytest.approx(0.9, rel=1e-6)
     assert cal.power.pj_per_byte == pytest.approx(50.0, rel=1e-6)
+    # The other dtypes' energy per FLOP follows from the same power at their own peak.
+    spec = resolve_gpu("H100 SXM5").tflops
+    assert cal.power.pj_per_flop["fp8"] == pytest.approx(0.9 * spec["bfloat16"] / spec["fp8"],
+                                                         rel=1e-6)
     # The fitted power model replaces the H100's default, and says where it comes from.
     result = invoke("predict", "--calibrate", run, "--gpu", "H100", "--ceilings", "spec",
                     "--json")
     assert result.exit_code == 0, result.output
     power = json.loads(result.stdout)["assumptions"]["gpus"]["H100 SXM5"]["power"]
     assert power["idle_w"] == idle and power["source"].startswith("fitted from 3 phases")
+
+
+def test_power_calibration_on_an_fp8_contrast_fits_both_dtypes(tmp_path):
+    # An fp8 contrast: inference in fp8, the training step in bf16. Each FLOP costs the
+    # power of its dtype's full peak (400 W) over that peak.
+    spec = resolve_gpu("H100 SXM5").tflops
+    w_peak, e_byte = 400.0, 30e-12
+    dtypes = {"train": "bfloat16", "prefill": "fp8", "decode": "fp8"}
+    run = _power_contrast(
+        tmp_path, lambda dtype, f, b: w_peak * f / (spec[dtype] * 1e12) + e_byte * b,
+        dtypes=dtypes, plan_dtype="fp8")
+    points = {p.regime: p for p in measured_points(load_run(run, warn=None))}
+    assert {r: p.dtype for r, p in points.items()} == dtypes
+    cal = calibrate(run)
+    assert cal.power is not None, cal.power_reason
+    for key in ("bfloat16", "fp8"):
+        assert cal.power.pj_per_flop[key] == pytest.approx(w_peak / spec[key], rel=1e-6), key
+    assert cal.power.pj_per_byte == pytest.approx(30.0, rel=1e-6)
+    assert "(bfloat16, fp8)" in cal.power.source
+
+
+def test_power_calibration_on_phases_without_work_says_why(tmp_path, monkeypatch):
+    run = _power_contrast(tmp_path, lambda dtype, f, b: 100.0)
+    monkeypatch.setattr(L, "kernels", lambda *a, **k: [L.Kernel("idle", 0, 0, 1)])
+    cal_points = measured_points(load_run(run, warn=None))
+    assert cal_points and not any(p.flops or p.bytes for p in cal_points)
+    target = gpu_target(resolve_gpu("H100 SXM5"), ceilings="spec")
+    power, why = fit_power(load_run(run, warn=None), cal_points, target)
+    assert power is None and "no FLOPs and no bytes" in why
+
+
+def test_calibration_notes_an_efficiency_above_1(tmp_path, h100):
+    # A GEMM measured at twice the spec peak: the fit says so instead of passing it quietly.
+    m = n = k = 8192
+    flops, nbytes = 2 * m * n * k, 2 * (m * k + k * n + m * n)
+    t = flops / (h100.peak("bfloat16") * 1e12) / 2
+    row = {"schema_version": 1, "op": "matmul", "impl": "triton", "kind": "triton",
+           "mode": "fwd", "dtype": "bfloat16", "shape": {"M": m, "N": n, "K": k},
+           "flops": flops, "bytes": nbytes, "ms": 1e3 * t, "error": None}
+    cal = calibrate(_synthetic_run(tmp_path, [row]))
+    regime = op_regime("matmul", "fwd")
+    assert cal.efficiency[regime].compute > 1.9
+    assert any(n.startswith(f"{regime}: fitted efficiency above 1 (compute 2.0")
+               for n in cal.notes), cal.notes
+    result = invoke("predict", "--calibrate", tmp_path / "synthetic", "--gpu", "H100",
+                    "--ceilings", "spec", "--json")
+    assert result.exit_code == 0 and "fitted efficiency above 1" in result.stderr
 
 
 def test_all_gpus_leaves_out_those_without_the_dtype():

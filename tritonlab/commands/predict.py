@@ -71,6 +71,8 @@ def predict_cmd(gpus, model_size, n_layers, regimes, train_batches, train_seqs,
             f"{r} compute {e.compute:.3g}, bandwidth {e.bandwidth:.3g}"
             for r, e in calibration.efficiency.items())
             + ("" if calibration.power else f"; power not fitted: {calibration.power_reason}"))
+        for note in calibration.notes:
+            info(f"note: {note}")
     if against_run:
         grid_given = [flag for flag, v in (
             ("--gpu", gpus), ("--layers", n_layers), ("--regime", regimes),

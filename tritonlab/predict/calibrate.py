@@ -18,10 +18,17 @@ whose launches alone exceed its time is left out. Fitted on the lab's own kernel
 ``triton``) when the run has any, else on every impl.
 
 Power. From a contrast's phases with power readings and its idle baseline: the idle power is
-the baseline, and (e_flop, e_byte) the non-negative least-squares solution of
-avg_power - idle = e_flop FLOP/s + e_byte bytes/s over the phases (rates from the model's
-FLOPs and bytes of a step over the measured seconds per step); the limit is the one the run
-recorded. It needs the baseline and two phases.
+the baseline, and (w_peak, e_byte) the non-negative least-squares solution of
+
+    avg_power - idle = w_peak u + e_byte bytes/s,   u = FLOP/s / peak[dtype of the phase]
+
+over the phases (rates from the model's FLOPs and bytes of a step over the measured seconds
+per step); the limit is the one the run recorded. It needs the baseline and two phases.
+w_peak is the dynamic power of the tensor cores at their full dense rate, so the energy per
+FLOP of each dtype is w_peak / peak[dtype]: the defaults' rule (every dtype's peak draws the
+same power, see :func:`tritonlab.hw.specs.power_model`), which lets phases in different
+dtypes (an fp8 prefill beside a bf16 training step) share one fit and gives a coefficient
+for every dtype the device has a peak for.
 """
 
 from __future__ import annotations
@@ -127,6 +134,23 @@ def fit_efficiency(points: Sequence[Measured], target: Target, regime: str
                  "labels": [p.label for p in used]}
 
 
+def _nonnegative_lsq(f: Sequence[float], b: Sequence[float], d: Sequence[float]
+                     ) -> tuple[float, float]:
+    """The non-negative least-squares (a, c) of a f + c b = d; an axis where the free
+    solution is negative or the columns are (nearly) dependent, and 0 for an all-zero
+    column."""
+    ff, bb, fb = sum(v * v for v in f), sum(v * v for v in b), sum(u * v for u, v in zip(f, b))
+    fd, bd = sum(u * v for u, v in zip(f, d)), sum(u * v for u, v in zip(b, d))
+    det = ff * bb - fb * fb
+    if ff and bb and det > 1e-12 * ff * bb:
+        a, c = (fd * bb - bd * fb) / det, (bd * ff - fd * fb) / det
+        if a >= 0 and c >= 0:
+            return a, c
+    cands = [(max(fd / ff, 0.0) if ff else 0.0, 0.0), (0.0, max(bd / bb, 0.0) if bb else 0.0)]
+    return min(cands, key=lambda ac: sum((ac[0] * u + ac[1] * v - w) ** 2
+                                         for u, v, w in zip(f, b, d)))
+
+
 def fit_power(run: Run, points: Sequence[Measured], target: Target
               ) -> tuple[PowerModel | None, str | None]:
     """Power coefficients from a contrast's readings (module docstring), or (None, why)."""
@@ -135,26 +159,22 @@ def fit_power(run: Run, points: Sequence[Measured], target: Target
     if idle is None or len(powered) < 2:
         return None, ("the run has no power readings with an idle baseline and two phases "
                       "(a contrast on a GPU has them)")
-    f = [p.flops / p.seconds_per_step for p in powered]
-    b = [p.bytes / p.seconds_per_step for p in powered]
-    d = [p.power_w - idle for p in powered]
-    ff, bb, fb = sum(v * v for v in f), sum(v * v for v in b), sum(u * v for u, v in zip(f, b))
-    fd, bd = sum(u * v for u, v in zip(f, d)), sum(u * v for u, v in zip(b, d))
-    det = ff * bb - fb * fb
-    a = (fd * bb - bd * fb) / det if det > 1e-12 * ff * bb else -1.0
-    c = (bd * ff - fd * fb) / det if det > 1e-12 * ff * bb else -1.0
-    if a < 0 or c < 0:  # the non-negative solution lies on an axis: the better one of them
-        cands = [(max(fd / ff, 0.0), 0.0), (0.0, max(bd / bb, 0.0))]
-        a, c = min(cands, key=lambda ac: sum((ac[0] * u + ac[1] * v - w) ** 2
-                                              for u, v, w in zip(f, b, d)))
+    if not any(p.flops for p in powered) and not any(p.bytes for p in powered):
+        return None, "the phases with power readings count no FLOPs and no bytes"
     limit = power_limit(run) or (target.power.limit_w if target.power else None)
     if limit is None:
         return None, "no power limit recorded and the device has no datasheet TDP"
-    key = DTYPES[powered[0].dtype][0]
-    per_flop = {k: (a * 1e12 if k == key else None) for k in COMPUTE_KEYS}
-    return PowerModel(idle_w=idle, limit_w=limit, pj_per_flop=per_flop, pj_per_byte=c * 1e12,
-                      source=f"fitted from {len(powered)} phases and the idle baseline of "
-                             f"{run.path} ({key} only)"), None
+    u = [p.flops / p.seconds_per_step / (target.peak(p.dtype) * 1e12) for p in powered]
+    b = [p.bytes / p.seconds_per_step for p in powered]
+    w_peak, e_byte = _nonnegative_lsq(u, b, [p.power_w - idle for p in powered])
+    per_flop = {k: (w_peak / peak if (peak := target.ceilings.peak(k)) else None)
+                for k in COMPUTE_KEYS}
+    dtypes = sorted({DTYPES[p.dtype][0] for p in powered})
+    return PowerModel(idle_w=idle, limit_w=limit, pj_per_flop=per_flop,
+                      pj_per_byte=e_byte * 1e12,
+                      source=f"fitted from {len(powered)} phases ({', '.join(dtypes)}) and the "
+                             f"idle baseline of {run.path}; per FLOP = {w_peak:.0f} W at each "
+                             f"dtype's full peak ({target.ceilings.source})"), None
 
 
 def calibrate(path) -> Calibration:
@@ -180,5 +200,13 @@ def calibrate(path) -> Calibration:
     notes = [f"efficiencies fitted on {target.name} against {target.ceilings.source}"]
     if not all(p.lab_kernel for p in lab):
         notes.append("the run has no Triton rows: fitted on every impl")
+    for regime, eff in efficiency.items():
+        over = [f"{what} {value:.2f}" for what, value in
+                (("compute", eff.compute), ("bandwidth", eff.bandwidth)) if value > 1.0]
+        if over:
+            notes.append(f"{regime}: fitted efficiency above 1 ({', '.join(over)}): the points "
+                         f"ran faster than the ceilings allow, so the ceilings are below what "
+                         f"this device reaches (try --ceilings measured) or the counted work "
+                         f"is more than the kernels did")
     return Calibration(str(run.path), target.name, target, efficiency, fit, power, reason,
                        notes)

@@ -4,8 +4,8 @@ calibration fits and ``--against`` compares.
 * a sweep row (op, impl, mode, dtype, shape): one kernel group with the row's own FLOPs and
   bytes (the op contract's formulas, as the sweep recorded them), measured time ``ms``;
 * a layer contrast phase (train, prefill or decode at a grid point): the kernels of
-  :mod:`tritonlab.predict.layer` for the run's plan (size, layers, dtype), measured time the
-  median step ``latency_p50_ms``;
+  :mod:`tritonlab.predict.layer` for the run's plan (size, layers) in the phase's own dtype
+  (an fp8 contrast trains in bf16), measured time the median step ``latency_p50_ms``;
 * an FFN contrast phase (train or infer on a batch of tokens): the kernels of
   :func:`~tritonlab.predict.layer.ffn_kernels`, measured time the median step.
 
@@ -88,11 +88,12 @@ def _contrast_points(run: Run) -> list[Measured]:
         dtype = _dtype(model.get("dtype"))
         if dtype is None:
             return []
-        s = DTYPES[dtype][1]
         for p in phases:
-            ks = L.ffn_kernels(p["mode"], model["dim"], model["hidden"], p["batch"], s)
+            pd = _dtype(p.get("dtype")) or dtype
+            ks = L.ffn_kernels(p["mode"], model["dim"], model["hidden"], p["batch"],
+                               DTYPES[pd][1])
             out.append(Measured(p["name"], "ffn", p["impl"],
-                                "train" if p["mode"] == "train" else "prefill", dtype,
+                                "train" if p["mode"] == "train" else "prefill", pd,
                                 tuple(ks), p["batch"], p["latency_p50_ms"] / 1e3,
                                 p["impl"] == "triton", **_phase_common(p)))
         return out
@@ -100,14 +101,15 @@ def _contrast_points(run: Run) -> list[Measured]:
     dtype = _dtype(plan.get("dtype"))
     if plan.get("model") != "layer" or dtype is None or plan.get("model_size") not in L.SIZES:
         return []
-    cfg, s = L.LayerConfig.from_size(plan["model_size"]), DTYPES[dtype][1]
+    cfg = L.LayerConfig.from_size(plan["model_size"])
     for p in phases:
         point = p.get("point") or {}
         second = next((point[k] for k in ("seq", "prompt", "context") if k in point), None)
         if p["mode"] not in L.REGIMES or second is None:
             continue
-        ks = L.kernels(p["mode"], cfg, plan["n_layers"], p["batch"], second, s)
-        out.append(Measured(p["name"], "layer", p["impl"], p["mode"], dtype, tuple(ks),
+        pd = _dtype(p.get("dtype")) or dtype
+        ks = L.kernels(p["mode"], cfg, plan["n_layers"], p["batch"], second, DTYPES[pd][1])
+        out.append(Measured(p["name"], "layer", p["impl"], p["mode"], pd, tuple(ks),
                             L.tokens(p["mode"], p["batch"], second),
                             p["latency_p50_ms"] / 1e3, p["impl"] == "triton",
                             **_phase_common(p)))
