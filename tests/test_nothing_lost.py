@@ -167,8 +167,8 @@ def test_a_sweep_killed_at_random_moments_resumes_without_losing_or_repeating_a_
         # Paced by the run's progress, not the clock (a fast machine finishes the sweep
         # within any fixed sleep): after 0, 1 or 2 more rows, at a random moment of the next.
         target = len(kept) + rng.randint(0, 2)
-        wait_for(lambda: len(read_results(results, lambda _m: None)
-                             if results.exists() else []) >= target, p,
+        wait_for(lambda target=target: len(read_results(results, lambda _m: None)
+                                           if results.exists() else []) >= target, p,
                  f"it wrote {target} rows")
         time.sleep(rng.uniform(0.0, 0.3))
         p.send_signal(sig)

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from tritonlab import backend
+from tritonlab.kernels.tuning import hopper_class
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INT32_MAX = 2**31 - 1
@@ -115,8 +116,9 @@ def _cfg(bm, bn, bk, stages, warps, group=8, **extra) -> triton.Config:
 def gemm_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
     """Autotune candidates for a GEMM tile kernel on a GPU of compute ``capability``.
 
-    Hopper (9.x) gets large 128x256 / 256x128 tiles with 8 warps (two warpgroups, so wgmma
-    has work for both) and 3-4 stages that fit 228 KB of shared memory; Ampere/Ada (8.x) gets
+    Hopper class (:func:`~tritonlab.kernels.tuning.hopper_class`: 9.x, 10.x) gets large
+    128x256 / 256x128 tiles with 8 warps (two warpgroups, so wgmma has work for both) and 3-4
+    stages that fit 228 KB of shared memory; Ampere/Ada (8.x, and consumer Blackwell 12.x) gets
     the 128x128 family with 3-4 stages for 164 KB (A100) or 100 KB (Ada); its default has 8
     warps because with 4 the fused-epilogue kernels (linear's gelu_tanh forward) spill on
     sm_80 (seen with ``tritonlab inspect``: 56 bytes of spill at 255 registers). fp32 operands are
@@ -124,13 +126,13 @@ def gemm_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[triton
     The first entry is the default used when autotuning is turned off.
     """
     major = capability[0]
-    if major >= 9:
+    if hopper_class(capability):
         configs = [
             _cfg(128, 256, 64, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 4, 8),
             _cfg(128, 128, 64, 4, 4), _cfg(64, 256, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
             _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 5, 4),
         ]
-    elif major == 8:
+    elif major >= 8:
         configs = [
             _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 3, 8), _cfg(256, 128, 32, 3, 8),
             _cfg(128, 128, 32, 4, 4), _cfg(128, 128, 64, 3, 4), _cfg(128, 64, 32, 4, 4),

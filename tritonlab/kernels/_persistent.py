@@ -41,7 +41,7 @@ import triton.language as tl
 
 from tritonlab.kernels._activations import activation_grad, apply_activation
 from tritonlab.kernels._gemm import desc_tile, grouped_tile, halves, operand_desc
-from tritonlab.kernels.tuning import CompileTarget, TunedKernel
+from tritonlab.kernels.tuning import CompileTarget, TunedKernel, hopper_class
 
 __all__ = ["launch_persistent", "descriptor_problem", "persistent_target", "PERSISTENT_KERNEL",
            "num_programs", "prepare_launch", "tma_device", "persistent_configs",
@@ -179,12 +179,12 @@ def persistent_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[
     Every 16-bit entry fits 227 KB of shared memory: stages x (BLOCK_M + BLOCK_N) x BLOCK_K x
     2 bytes plus the BLOCK_M x BLOCK_N / EPILOGUE_SPLIT store buffer. One-byte fp8 doubles
     BLOCK_K (128: the same bytes per stage, twice the K per wgmma chain); fp32 halves it.
-    Ampere/Ada (8.x: the fp8 path of sm_89, and a forced path) get 128 x 128 tiles, where
-    descriptor loads compile to ordinary loads.
+    Other GPUs (the fp8 path of sm_89, and a forced path on Ampere/Ada or consumer
+    Blackwell) get 128 x 128 tiles, where descriptor loads compile to ordinary loads on 8.x.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     bk = {1: 128, 2: 64, 4: 32}[itemsize]
-    if capability[0] >= 9:
+    if hopper_class(capability):
         return [
             _pcfg(128, 256, bk, 3, 8, 2, True),
             _pcfg(256, 128, bk, 3, 8, 2, True),
@@ -235,9 +235,10 @@ def descriptor_problem(name: str, t: torch.Tensor, *, row_major: bool = False) -
 
 def tma_device(device: torch.device) -> bool:
     """Whether the GEMM launchers choose the persistent kernel by default on ``device``: a
-    CUDA GPU of compute capability 9.0 or newer (TMA and wgmma). Under the interpreter the
-    tiled kernels stay the default (the persistent one runs when asked for)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    CUDA GPU of the Hopper class (:func:`~tritonlab.kernels.tuning.hopper_class`: TMA, a
+    warpgroup MMA and the shared memory its configs need). Under the interpreter the tiled
+    kernels stay the default (the persistent one runs when asked for)."""
+    return device.type == "cuda" and hopper_class(torch.cuda.get_device_capability(device))
 
 
 def num_programs(device: torch.device) -> int:

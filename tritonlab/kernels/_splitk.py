@@ -45,7 +45,7 @@ from tritonlab.kernels._gemm import (
     needs_int64,
     precision_for,
 )
-from tritonlab.kernels.tuning import CompileTarget, LastConfig, TunedKernel
+from tritonlab.kernels.tuning import CompileTarget, LastConfig, TunedKernel, smem_budget
 
 __all__ = ["splitk_matmul", "launch_splitk", "splitk_targets", "DECODE_MAX_M", "LAUNCHES", "LAST",
            "as_rows", "check_eps", "check_norm", "check_weight", "prepare_out"]
@@ -246,10 +246,6 @@ def _splitk_reduce_kernel(
 
 # --------------------------------------------------------------------------------- launch
 
-# Shared memory per block, with headroom for the compiler's own use (bytes).
-_SMEM_BUDGET = {9: 200 * 1024, 8: 160 * 1024}
-_SMEM_BUDGET_DEFAULT = 96 * 1024
-
 # Slices are a multiple of this many K elements: the largest BLOCK_K of the config lists, so
 # every config tiles every slice exactly.
 _K_GRAIN_GPU = 256
@@ -280,19 +276,21 @@ def decode_configs(capability: tuple[int, int], dtype: torch.dtype, n_weights: i
                    ) -> list[triton.Config]:
     """Autotune candidates for the split-K kernel: BLOCK_M = 16 (the smallest tl.dot M on a
     GPU), weight tiles of 8-32 KB per stage and enough stages to keep several tiles in flight
-    per SM (bandwidth needs bytes in flight, not tensor-core throughput). Configs whose
-    pipelined shared memory exceeds the architecture's budget are dropped: the pipeliner
-    keeps num_stages - 1 buffers of ``n_weights`` weight tiles plus the x tile."""
+    per SM (bandwidth needs bytes in flight, not tensor-core throughput). The pipeliner keeps
+    num_stages - 1 buffers of ``n_weights`` weight tiles plus the x tile; a tile whose
+    stages exceed the architecture's budget (:func:`~tritonlab.kernels.tuning.smem_budget`)
+    keeps as many as fit, and is dropped when not even two do. So on a 99 KB SM (Ada,
+    consumer Blackwell) the gated default runs 5 stages instead of 6, and fp32 tiles fewer
+    stages everywhere."""
     size = torch.empty((), dtype=dtype).element_size()
-    budget = _SMEM_BUDGET.get(capability[0], _SMEM_BUDGET_DEFAULT)
-    candidates = [_decode_cfg(*t) for t in _DECODE_TILES[n_weights]]
-
-    def smem(c):
-        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        return (c.num_stages - 1) * size * bk * (bm + n_weights * bn)
-
-    fitting = [c for c in candidates if smem(c) <= budget]
-    return fitting or [min(candidates, key=smem)]
+    budget = smem_budget(capability)
+    out = []
+    for bn, bk, warps, stages in _DECODE_TILES[n_weights]:
+        per_stage = size * bk * (16 + n_weights * bn)
+        fit = min(stages, budget // per_stage + 1)
+        if fit >= 2 and (bn, bk, warps, fit) not in out:
+            out.append((bn, bk, warps, fit))
+    return [_decode_cfg(*t) for t in out]
 
 
 _INTERPRETER_DECODE_CONFIG = _decode_cfg(64, 64, 4, 1)

@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from tritonlab.kernels._gemm import INT32_MAX, check_operand, check_same, max_offset
-from tritonlab.kernels.tuning import LastConfig, TunedKernel
+from tritonlab.kernels.tuning import LastConfig, TunedKernel, hopper_class
 
 __all__ = ["attention", "HEAD_DIMS", "KERNELS", "LAST"]
 
@@ -420,8 +420,8 @@ def fwd_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
         return [_cfg(32, 64, 4, 2), _cfg(64, 64, 8, 2)]
     if head_dim <= 64:
         return [_cfg(128, 128, 8, 3)] + ([_cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4)]
-                                         if capability[0] >= 9 else [_cfg(64, 64, 4, 3)])
-    if capability[0] >= 9:
+                                         if hopper_class(capability) else [_cfg(64, 64, 4, 3)])
+    if hopper_class(capability):
         return [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 8, 2),
                 _cfg(64, 64, 4, 3)]
     return [_cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 3), _cfg(32, 128, 8, 2)]
@@ -438,8 +438,8 @@ def dkdv_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
         return [_cfg(16, 16, 4, 2), _cfg(16, 32, 8, 2)]
     if head_dim <= 64:
         return [_cfg(32, 128, 8, 2)] + ([_cfg(32, 64, 4, 3), _cfg(64, 64, 8, 2)]
-                                        if capability[0] >= 9 else [])
-    if capability[0] >= 9:
+                                        if hopper_class(capability) else [])
+    if hopper_class(capability):
         return [_cfg(32, 64, 8, 2), _cfg(16, 128, 8, 2)]
     return [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 2)]
 
@@ -449,11 +449,11 @@ def dq_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
     """dQ candidates: a query block (Q, dO and the dQ accumulator in registers) and a
     key block streamed through it."""
     if head_dim >= 256:
-        return [_cfg(32, 32, 4, 2)] + ([_cfg(64, 16, 4, 2)] if capability[0] >= 9 else [])
+        return [_cfg(32, 32, 4, 2)] + ([_cfg(64, 16, 4, 2)] if hopper_class(capability) else [])
     if head_dim <= 64:
         return [_cfg(128, 32, 4, 3)] + ([_cfg(128, 64, 8, 2), _cfg(64, 64, 4, 3)]
-                                        if capability[0] >= 9 else [])
-    if capability[0] >= 9:
+                                        if hopper_class(capability) else [])
+    if hopper_class(capability):
         return [_cfg(128, 64, 8, 2), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)]
     return [_cfg(64, 32, 4, 3), _cfg(64, 64, 8, 2), _cfg(32, 64, 8, 2)]
 

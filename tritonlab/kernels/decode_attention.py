@@ -55,7 +55,7 @@ from tritonlab.kernels._gemm import (
     precision_for,
 )
 from tritonlab.kernels._splitk import sm_count
-from tritonlab.kernels.tuning import CompileTarget, LastConfig, TunedKernel
+from tritonlab.kernels.tuning import CompileTarget, LastConfig, TunedKernel, smem_budget
 
 __all__ = ["decode_attention", "choose_splits", "decode_attention_targets",
            "SUPPORTED_HEAD_DIMS", "LAST"]
@@ -224,9 +224,6 @@ def _decode_attn_merge_kernel(
 
 # --------------------------------------------------------------------------------- launch
 
-# Shared memory per block, with headroom for the compiler's own use (bytes).
-_SMEM_BUDGET = {9: 200 * 1024, 8: 160 * 1024}
-_SMEM_BUDGET_DEFAULT = 96 * 1024
 # The largest K (or V) tile BLOCK_N * head_dim * itemsize that _block_n allows.
 _MAX_TILE_BYTES = 16 * 1024
 
@@ -254,7 +251,7 @@ def _stage_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[trit
     architecture's shared memory are dropped. fp32 dots run on the FMA units with their
     operands in registers: with 4 warps they spill on sm_90a (ptxas), so fp32 gets 8. The
     first entry is the default."""
-    budget = _SMEM_BUDGET.get(capability[0], _SMEM_BUDGET_DEFAULT)
+    budget = smem_budget(capability)
     if dtype == torch.float32:
         candidates = [(8, 3), (8, 2), (8, 4)]
     else:

@@ -48,7 +48,7 @@ from tritonlab.kernels._splitk import (
     launch_splitk,
     prepare_out,
 )
-from tritonlab.kernels.tuning import LastConfig, TunedKernel
+from tritonlab.kernels.tuning import LastConfig, TunedKernel, hopper_class
 
 __all__ = ["gated_mlp", "GATED_ACTIVATIONS", "GATED_KERNEL", "GATED_PERSISTENT", "GATED_LAST"]
 
@@ -201,10 +201,10 @@ def gated_configs(capability: tuple[int, int], dtype: torch.dtype) -> list[trito
     sm_80 in fp16, bf16 and fp32, with and without the norm. The first is the default when
     autotuning is off."""
     major = capability[0]
-    if major >= 9:
+    if hopper_class(capability):
         configs = [_cfg(128, 128, 64, 4, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 64, 64, 4, 8),
                    _cfg(64, 128, 64, 4, 8), _cfg(64, 64, 64, 5, 4)]
-    elif major == 8:
+    elif major >= 8:
         configs = [_cfg(64, 128, 32, 4, 8), _cfg(64, 64, 64, 4, 4), _cfg(64, 64, 32, 5, 4)]
     else:
         configs = [_cfg(64, 64, 32, 2, 4)]
@@ -230,9 +230,9 @@ GATED_LAST = LastConfig()
 def persistent_gated_configs(capability: tuple[int, int], dtype: torch.dtype
                              ) -> list[triton.Config]:
     """:func:`gated_configs` with the persistent kernel's keys: GROUP_SIZE_M, and FLATTEN on
-    sm_90+ (the next tile's loads overlap this tile's epilogue)."""
+    the Hopper class (the next tile's loads overlap this tile's epilogue)."""
     return [triton.Config({**{k: v for k, v in c.kwargs.items() if k != "GROUP_M"},
-                           "GROUP_SIZE_M": c.kwargs["GROUP_M"], "FLATTEN": capability[0] >= 9},
+                           "GROUP_SIZE_M": c.kwargs["GROUP_M"], "FLATTEN": hopper_class(capability)},
                           num_stages=c.num_stages, num_warps=c.num_warps)
             for c in gated_configs(capability, dtype)]
 

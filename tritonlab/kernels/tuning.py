@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from tritonlab import backend
 
@@ -36,6 +37,26 @@ def config_dict(config: triton.Config | Mapping | None) -> dict | None:
     return out
 
 
+def hopper_class(capability: tuple[int, int]) -> bool:
+    """Whether a GPU of compute ``capability`` gets the large-tile configs: the data-centre
+    SMs of capability 9.x and 10.x (H100/H200, B200) with 227 KB of shared memory per block,
+    TMA and a warpgroup-wide MMA. Consumer Blackwell (12.x) is newer but has Ada's 99 KB and
+    mma.sync, so it gets the Ampere/Ada configs (the persistent GEMM's Hopper default needs
+    129 KB there: ``tritonlab inspect --arch sm_120``)."""
+    return capability[0] in (9, 10)
+
+
+def smem_budget(capability: tuple[int, int]) -> int:
+    """The shared memory per block (bytes) a config may plan for, with headroom for the
+    compiler's own buffers: 200 KB of the Hopper class's 227, 160 KB of the 163 of sm_80 and
+    sm_87, 96 KB of the 99 of every other SM (sm_86, sm_89, sm_120)."""
+    if hopper_class(capability):
+        return 200 * 1024
+    if tuple(capability) in ((8, 0), (8, 7)):
+        return 160 * 1024
+    return 96 * 1024
+
+
 def autotune_enabled() -> bool:
     return os.environ.get("TRITONLAB_AUTOTUNE", "1") != "0"
 
@@ -53,7 +74,8 @@ class TunedKernel:
 
     On CUDA the kernel is wrapped (lazily, on the first call, because the config list depends
     on the GPU's compute capability) in ``triton.autotune`` keyed on ``key``; with
-    ``TRITONLAB_AUTOTUNE=0`` the list's first config is used without tuning. Under the
+    ``TRITONLAB_AUTOTUNE=0`` the list's first config that launches on this GPU is used
+    without tuning (:meth:`_launch_first_fitting`). Under the
     interpreter, where multi-config autotuning cannot run, ``interpreter_config`` is used.
     ``heuristics`` maps a constexpr name to a function of the launch arguments (as in
     ``triton.heuristics``), evaluated after the config is chosen.
@@ -69,6 +91,7 @@ class TunedKernel:
         self.interpreter_config = interpreter_config
         self.heuristics = heuristics or {}
         self._tuners: dict[tuple, object] = {}
+        self._fitting: dict[tuple, int] = {}
         self.last_config: dict | None = None
         self.last_timings: dict[str, float] | None = None
         self._logged_timings: object = None
@@ -92,10 +115,32 @@ class TunedKernel:
         tag = (cap, dtype, autotune_enabled())
         if tag not in self._tuners:
             configs = self.configs(cap, dtype)
-            if not autotune_enabled():
-                configs = configs[:1]
-            self._tuners[tag] = triton.autotune(configs=configs, key=self.key)(inner)
+            self._tuners[tag] = (
+                triton.autotune(configs=configs, key=self.key)(inner) if autotune_enabled()
+                else [triton.autotune(configs=[c], key=self.key)(inner) for c in configs])
         return self._tuners[tag], inner
+
+    def _launch_first_fitting(self, tuners: Sequence, grid: Callable[[dict], tuple],
+                              args: tuple, kwargs: dict):
+        """Autotuning off: launch with the first config of the list that fits this GPU, and
+        return its tuner. A config that asks for more shared memory (or registers) than the
+        SM has raises OutOfResources when it is loaded, before anything runs, so the next one
+        is tried: the lists are sized for a class of GPU (sm_80's 163 KB, Hopper's 227 KB),
+        and a smaller SM of the class (Ada's 99 KB) or a wider dtype (fp32) can overflow the
+        first. The index that fitted is remembered per launch key."""
+        bound = {**dict(zip(self.kernel.arg_names, args)), **kwargs}
+        key = (id(tuners), *(bound.get(k) for k in self.key))
+        i = self._fitting.get(key, 0)
+        while True:
+            try:
+                tuners[i][grid](*args, **kwargs)
+                break
+            except OutOfResources:
+                if i == len(tuners) - 1:
+                    raise
+                i += 1
+        self._fitting[key] = i
+        return tuners[i]
 
     def launch(self, grid: Callable[[dict], tuple], dtype: torch.dtype, *args, **kwargs) -> None:
         """Run the kernel on ``grid`` (a function of the chosen meta-parameters)."""
@@ -107,7 +152,10 @@ class TunedKernel:
             self.last_config = config_dict(cfg)
             self.last_timings = None
             return
-        tuner[grid](*args, **kwargs)
+        if isinstance(tuner, list):
+            tuner = self._launch_first_fitting(tuner, grid, args, kwargs)
+        else:
+            tuner[grid](*args, **kwargs)
         self.last_config = config_dict(tuner.best_config)
         timings = getattr(tuner, "configs_timings", None)
         self.last_timings = ({str(config_dict(c)): float(t[0] if isinstance(t, list) else t)

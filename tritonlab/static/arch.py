@@ -62,6 +62,9 @@ ARCHS: dict[str, ArchLimits] = {
                    smem_per_block_optin=227 * _KB),
         ArchLimits("sm_100a", (10, 0), "B200", smem_per_sm=228 * _KB,
                    smem_per_block_optin=227 * _KB),
+        ArchLimits("sm_120", (12, 0), "RTX 50xx, RTX PRO 6000 Blackwell",
+                   smem_per_sm=100 * _KB, smem_per_block_optin=99 * _KB,
+                   max_threads_per_sm=1536, max_warps_per_sm=48, max_blocks_per_sm=32),
     )
 }
 # Triton always compiles capability 9.0 and 10.0 for the architecture-specific targets
