@@ -6,6 +6,7 @@ on both architectures and no spills in its main configs."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from conftest import run_cli
 
 from tritonlab.errors import UsageError
-from tritonlab.kernels.tuning import CompileTarget
+from tritonlab.kernels.tuning import CompileTarget, config_dict
 from tritonlab.ops import registry
 from tritonlab.ops.contract import OpSpec
 from tritonlab.ops.matmul import MatmulOp
@@ -583,3 +584,24 @@ def test_default_configs_fit_the_99_kb_gpus(cache):
                 if r["status"] != "ok" or not r["occupancy"]["fits"]]
     assert {r["arch"] for r in report.rows} == {"sm_89", "sm_120"}
     assert not problems, "\n".join(problems)
+
+
+def test_fp32_attention_has_a_tile_that_fits_the_99_kb_gpus(cache):
+    """fp32 attention tiles need about twice the shared memory of 16-bit ones: at head dim
+    128 no larger entry of the forward, dK/dV or dQ lists fits sm_89 or sm_120, so each fp32
+    list ends with a floor that does (the launcher falls back to it)."""
+    # By name: the package's attribute `attention` is the function, not the module.
+    attn = importlib.import_module("tritonlab.kernels.attention")
+
+    for name in ("fwd", "bwd_dkdv", "bwd_dq"):
+        for cap in ((8, 9), (12, 0), (9, 0)):
+            listed = attn.KERNELS[128][name].configs(cap, torch.float32)
+            assert config_dict(listed[-1]) == config_dict(attn._FP32_FLOOR), (name, cap)
+    report = insp.run([registry.discover()["attention"]],
+                      [insp.parse_arch("sm_89"), insp.parse_arch("sm_120")], [torch.float32],
+                      configs=[config_dict(attn._FP32_FLOOR)])
+    rows = {(r["target"], r["arch"]): r for r in report.rows}
+    assert {t for t, _ in rows} >= {"fwd", "bwd_dkdv", "bwd_dq"}
+    for (target, arch), r in rows.items():
+        assert r["status"] == "ok", (target, arch, r["error"])
+        assert r["occupancy"]["fits"], (target, arch, r["occupancy"]["reason"])

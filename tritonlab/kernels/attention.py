@@ -458,6 +458,25 @@ def dq_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
     return [_cfg(64, 32, 4, 3), _cfg(64, 64, 8, 2), _cfg(32, 64, 8, 2)]
 
 
+# fp32 runs its dots on the FMA units, operands staged through shared memory, so its tiles
+# need about twice the bytes of 16-bit ones: compiled at head dim 128, no entry of the
+# forward, dK/dV or dQ lists fits the 99 KB of sm_89 / sm_120 (the forward's first needs
+# 224 KB there, and 226 KB of sm_90a's 227). This floor does (52 KB forward, 68 KB for each
+# backward kernel on both); it ends every fp32 list up to head dim 128, so that a GPU where no
+# larger tile fits still launches (the autotuner skips a tile that does not fit, and with
+# autotuning off TunedKernel falls back to the next).
+_FP32_FLOOR = _cfg(32, 32, 4, 2)
+
+
+def _with_fp32_floor(configs, capability: tuple[int, int], dtype: torch.dtype,
+                     head_dim: int) -> list[triton.Config]:
+    """``configs(capability, dtype, head_dim)``, ending with :data:`_FP32_FLOOR` in fp32."""
+    out = configs(capability, dtype, head_dim)
+    if dtype == torch.float32 and head_dim <= 128:
+        out = [*out, _FP32_FLOOR]
+    return out
+
+
 def delta_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
                   ) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1),
@@ -477,10 +496,13 @@ _KEY = ["H", "GROUP", "SEQ_Q", "SEQ_K", "CAUSAL", "INPUT_PRECISION"]
 
 
 def _kernels(head_dim: int) -> dict[str, TunedKernel]:
-    spec = {"fwd": (_attn_fwd_kernel, fwd_configs, _KEY + ["STORE_LSE"]),
+    def floored(configs):
+        return functools.partial(_with_fp32_floor, configs)
+
+    spec = {"fwd": (_attn_fwd_kernel, floored(fwd_configs), _KEY + ["STORE_LSE"]),
             "bwd_delta": (_attn_bwd_delta_kernel, delta_configs, ["H", "SEQ_Q"]),
-            "bwd_dkdv": (_attn_bwd_dkdv_kernel, dkdv_configs, _KEY),
-            "bwd_dq": (_attn_bwd_dq_kernel, dq_configs, _KEY)}
+            "bwd_dkdv": (_attn_bwd_dkdv_kernel, floored(dkdv_configs), _KEY),
+            "bwd_dq": (_attn_bwd_dq_kernel, floored(dq_configs), _KEY)}
     return {name: TunedKernel(kernel, key=key,
                               configs=functools.partial(configs, head_dim=head_dim),
                               interpreter_config=_INTERPRETER[name])
