@@ -246,6 +246,26 @@ def test_gated_mlp_on_the_persistent_main_loop(norm, device, monkeypatch):
     assert_close_to_reference(y13, ref13, 13, scale=2)
 
 
+def test_gated_mlp_in_exact_fp32_takes_the_tiled_kernel(device, monkeypatch):
+    """Exact fp32 (ieee) dots: the persistent gated kernel would spill on sm_90a, so the
+    Hopper dispatch runs the tiled one and records why; TF32 keeps the persistent loop."""
+    monkeypatch.setattr(gm, "tma_device", lambda dev: True)
+    g = torch.Generator().manual_seed(12)
+    m, n, k = 67, 72, 40
+    x = torch.randn(m, k, generator=g).to(device)
+    wg = (torch.randn(n, k, generator=g) * k**-0.5).to(device)
+    wu = (torch.randn(n, k, generator=g) * k**-0.5).to(device)
+    out = torch.full((m, n), math.nan, device=device)
+    gm.gated_mlp(x, wg, wu, "silu", out=out, input_precision="ieee")
+    last = gm.GATED_LAST()
+    assert last["path"] == "tiled" and last["fallback"].startswith("exact fp32")
+    ref = (torch.nn.functional.silu(x.double() @ wg.double().t())
+           * (x.double() @ wu.double().t()))
+    assert_close_to_reference(out, ref, k, scale=2)
+    gm.gated_mlp(x, wg, wu, "silu", input_precision="tf32")
+    assert gm.GATED_LAST()["path"] == "persistent"
+
+
 # ------------------------------------------------------------ compiled for sm_90a (no GPU)
 
 @pytest.fixture(scope="module")
