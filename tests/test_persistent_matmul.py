@@ -21,6 +21,7 @@ from tritonlab.kernels._persistent import (
     descriptor_problem,
     num_programs,
 )
+from tritonlab.kernels.tuning import hopper_class
 from tritonlab.ops.matmul import PATHS_SPEC, SPEC, descriptor_ready
 
 mm = importlib.import_module("tritonlab.kernels.matmul")
@@ -309,8 +310,8 @@ def test_sm90_tiled_kernel_still_loads_through_cp_async(sm90_rows):
 def test_persistent_matches_tiled_gpu(dtype, mnk, gpu):
     """Both paths against float64, and against each other, on a GPU (the persistent path
     only where the GPU has TMA)."""
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the persistent path is the default on sm_90+ only")
+    if not hopper_class(torch.cuda.get_device_capability()):
+        pytest.skip("the persistent path is the default on Hopper-class GPUs only")
     m, n, k = mnk
     g = torch.Generator().manual_seed(m + n + k)
     a = torch.randn(m, k, generator=g).to(gpu, dtype)

@@ -14,10 +14,11 @@ loaded, and the 1/rms row scale multiplies both accumulators in the epilogue, si
 (r x g) W^T = r ((x g) W^T). Op ``rmsnorm_gated_mlp`` measures that variant.
 
 Decode-sized M (<= 16 rows) goes to the split-K kernel of :mod:`._splitk` with both weights.
-On sm_90+ the other sizes run ``_persistent_gated_kernel``: the same math on the persistent
-schedule of :mod:`._persistent` (one program per SM looping over output tiles, x and both
-weights loaded through tensor descriptors, i.e. TMA), when a descriptor can read x, the
-weights and the output; the tiled kernel otherwise, with the reason in ``GATED_LAST``.
+On the Hopper class (sm_90, sm_100) the other sizes run ``_persistent_gated_kernel``: the
+same math on the persistent schedule of :mod:`._persistent` (one program per SM looping over
+output tiles, x and both weights loaded through tensor descriptors, i.e. TMA), when a
+descriptor can read x, the weights and the output, and the dots are not exact fp32; the tiled
+kernel otherwise, with the reason in ``GATED_LAST``.
 """
 
 from __future__ import annotations

@@ -472,7 +472,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
     Every forward goes through here (training, no-grad and inference), so the dispatch to
     other kernels happens at this one place: the split-K decode path for M <= 16 (without
-    a saved derivative), on sm_90+ the persistent TMA kernel of :mod:`._persistent` (same
+    a saved derivative), on the Hopper class the persistent TMA kernel of :mod:`._persistent` (same
     epilogue: bias, activation, D = act'(Z)) when a tensor descriptor can read x and the
     weight, else the tiled forward kernel, with the reason in ``FWD_LAST`` ("fallback").
     """

@@ -6,10 +6,11 @@ strides (transposed and non-contiguous operands are read in place, never copied)
 addressing switched on only for tensors whose offsets overflow int32.
 
 Dispatch (docs/matmul.md): decode-sized M (<= 16) runs the split-K kernel of
-:mod:`._splitk`; on sm_90+ every other problem whose operands a tensor descriptor can take
-(one unit stride, 16-byte aligned base and leading stride, C row-major) runs the persistent
-TMA kernel of :mod:`._persistent`, anything else the tiled kernel below, with the reason
-recorded in ``MATMUL_LAST`` (``"fallback"``). Ampere/Ada and the interpreter run the tiled
+:mod:`._splitk`; on the Hopper class (sm_90, sm_100) every other problem whose operands a
+tensor descriptor can take (one unit stride, 16-byte aligned base and leading stride, C
+row-major) runs the persistent TMA kernel of :mod:`._persistent`, anything else the tiled
+kernel below, with the reason recorded in ``MATMUL_LAST`` (``"fallback"``). Ampere/Ada,
+consumer Blackwell and the interpreter run the tiled
 kernel unless ``path="persistent"`` asks for the persistent one (the CPU tests check it that
 way). ``MATMUL_LAST()["path"]`` says which ran, and the sweep records it in every row.
 
@@ -209,7 +210,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, input_precision: str | None = No
     ``DECODE_MAX_M`` = 16 rows) to the split-K kernel of :mod:`._splitk`, which keeps every SM
     busy where the tiled kernel would run one program per column tile; True/False force it.
     ``path``: None chooses by the dispatch rule of the module docstring (the persistent TMA
-    kernel on sm_90+ when the operands allow it, else the tiled one); "tiled" or
+    kernel on the Hopper class when the operands allow it, else the tiled one); "tiled" or
     "persistent" force that kernel for every M (a forced "persistent" raises UsageError
     for operands a tensor descriptor cannot take). ``MATMUL_LAST()`` records the path run.
 

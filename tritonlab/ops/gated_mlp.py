@@ -17,7 +17,7 @@ from tritonlab.kernels.gated_mlp import (
     gated_mlp,
     persistent_gated_configs,
 )
-from tritonlab.kernels.tuning import CompileTarget
+from tritonlab.kernels.tuning import CompileTarget, hopper_class
 from tritonlab.ops.contract import (
     Impl,
     OpSpec,
@@ -162,8 +162,8 @@ class GatedMLPOp(OpSpec):
 
     def compile_targets(self, dtype):
         """The tiled kernel on a Llama-3-8B prefill (8192 tokens, 4096 -> 14336), the
-        persistent TMA kernel that sm_90+ runs there instead, and the split-K kernel on its
-        batch-1 decode."""
+        persistent TMA kernel that the Hopper class (sm_90, sm_100) runs there instead, and
+        the split-K kernel on its batch-1 decode."""
         m, n, k = 8192, LLAMA3_8B_HIDDEN, LLAMA3_8B_DIM
         tiled = GATED_KERNEL.compile_target("tiled", dtype, dict(
             M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_gn=k, stride_gk=1,
@@ -177,8 +177,9 @@ class GatedMLPOp(OpSpec):
                 nw_ptr=dtype if self.rms else None, X_T=False, G_T=True, U_T=True,
                 ACTIVATION="silu", RMS=self.rms, INPUT_PRECISION=precision_for(dtype, None),
                 NUM_SMS=132),
-            # The dispatch runs it on sm_90+ only.
-            configs=lambda cap: (persistent_gated_configs(cap, dtype) if cap[0] >= 9 else []))
+            # The dispatch runs it on the Hopper class only.
+            configs=lambda cap: (persistent_gated_configs(cap, dtype) if hopper_class(cap)
+                                 else []))
         return [tiled, persistent] + splitk_targets("decode", dtype, 1, n, k, gated=True,
                                                     rms=self.rms, activation="silu")
 

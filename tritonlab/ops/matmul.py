@@ -1,8 +1,8 @@
 """matmul: C = A @ B, the forward GEMM (kernels: :mod:`tritonlab.kernels.matmul`, which
-dispatches to the persistent TMA kernel of :mod:`tritonlab.kernels._persistent` on sm_90+),
-against torch.matmul; its ``triton`` impl is what ``matmul`` chooses. Variant
-``matmul_paths`` forces each main loop (``triton_persistent``, ``triton_tiled``), so a sweep
-puts both paths side by side on the same shapes."""
+dispatches to the persistent TMA kernel of :mod:`tritonlab.kernels._persistent` on
+Hopper-class GPUs), against torch.matmul; its ``triton`` impl is what ``matmul`` chooses.
+Variant ``matmul_paths`` forces each main loop (``triton_persistent``, ``triton_tiled``), so
+a sweep puts both paths side by side on the same shapes."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class MatmulOp(OpSpec):
             triton_impls = [
                 Impl("triton", "triton", _builder(None),
                      "matmul's own choice: split-K for M <= 16, the persistent TMA kernel on "
-                     "sm_90+ when the operands allow it, else the tiled GEMM",
+                     "Hopper-class GPUs when the operands allow it, else the tiled GEMM",
                      config=lambda mode: MATMUL_LAST()),
             ]
         return (*triton_impls,
@@ -93,7 +93,7 @@ class MatmulOp(OpSpec):
     def compile_targets(self, dtype):
         """The tiled kernel as launched on a row-major 4096^3 problem (unit strides become
         constants, as Triton's JIT specialises them), the persistent TMA kernel on the same
-        problem (sm_90+ only), and (``matmul``) the split-K decode path that
+        problem (Hopper class only), and (``matmul``) the split-K decode path that
         M <= DECODE_MAX_M takes, at M = 16 with the same row-major B."""
         n = 4096
         tiled_impl, persistent_impl = (("triton_tiled", "triton_persistent") if self.paths
