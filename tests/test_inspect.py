@@ -571,7 +571,7 @@ def test_default_configs_fit_the_99_kb_gpus(cache):
     Blackwell is newer than Hopper but must get the Ampere/Ada lists (a list chosen by
     capability >= 9 gives it 129 KB persistent tiles). Spills are not asserted here: ptxas for
     these targets spills a few bytes in some configs that are spill-free on sm_80/sm_90a.
-    fp32 defaults may not fit (attention's need 230 KB); with autotuning off the launcher then
+    fp32 defaults may not fit (attention's forward needs 224.5 KB); with autotuning off the launcher then
     takes the next config of the list that does (tests/test_tuning.py)."""
     ops = [registry.discover()[n] for n in _inspectable_ops()
            if torch.float16 in registry.discover()[n].dtypes]
@@ -582,7 +582,7 @@ def test_default_configs_fit_the_99_kb_gpus(cache):
                 f"{r['op']}/{r['target']} {r['arch']}: {r['occupancy']['reason']}"
                 for r in report.rows
                 if r["status"] != "ok" or not r["occupancy"]["fits"]]
-    assert {r["arch"] for r in report.rows} == {"sm_89", "sm_120"}
+    assert {r["arch"] for r in report.rows} == {"sm_89", "sm_120a"}
     assert not problems, "\n".join(problems)
 
 

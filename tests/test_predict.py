@@ -512,14 +512,24 @@ def test_power_calibration_on_an_fp8_contrast_fits_both_dtypes(tmp_path):
     assert "(bfloat16, fp8)" in cal.power.source
 
 
-def test_power_calibration_on_phases_without_work_says_why(tmp_path, monkeypatch):
-    run = _power_contrast(tmp_path, lambda dtype, f, b: 100.0)
-    monkeypatch.setattr(L, "kernels", lambda *a, **k: [L.Kernel("idle", 0, 0, 1)])
-    cal_points = measured_points(load_run(run, warn=None))
-    assert cal_points and not any(p.flops or p.bytes for p in cal_points)
+def test_power_calibration_on_phases_without_work(tmp_path, monkeypatch):
+    """Phases that move no bytes give no power model (and no division by zero); phases
+    without FLOPs leave the energy per FLOP unknown rather than zero."""
+    run = load_run(_power_contrast(tmp_path, lambda dtype, f, b: 100.0), warn=None)
     target = gpu_target(resolve_gpu("H100 SXM5"), ceilings="spec")
-    power, why = fit_power(load_run(run, warn=None), cal_points, target)
-    assert power is None and "no FLOPs and no bytes" in why
+    monkeypatch.setattr(L, "kernels", lambda *a, **k: [L.Kernel("idle", 0, 0, 1)])
+    points = measured_points(run)
+    assert points and not any(p.flops or p.bytes for p in points)
+    power, why = fit_power(run, points, target)
+    assert power is None and "no bytes moved" in why
+    e_byte = 40e-12
+    monkeypatch.setattr(L, "kernels", lambda *a, **k: [L.Kernel("copy", 0, 10**9, 1)])
+    # The readings of a pure copy at 40 pJ per byte.
+    points = [dataclasses.replace(p, power_w=65.0 + e_byte * p.bytes / p.seconds_per_step)
+              for p in measured_points(run)]
+    power, why = fit_power(run, points, target)
+    assert why is None and power.pj_per_byte == pytest.approx(40.0, rel=1e-9)
+    assert set(power.pj_per_flop.values()) == {None}
 
 
 def test_calibration_notes_an_efficiency_above_1(tmp_path, h100):
@@ -533,8 +543,11 @@ def test_calibration_notes_an_efficiency_above_1(tmp_path, h100):
     cal = calibrate(_synthetic_run(tmp_path, [row]))
     regime = op_regime("matmul", "fwd")
     assert cal.efficiency[regime].compute > 1.9
-    assert any(n.startswith(f"{regime}: fitted efficiency above 1 (compute 2.0")
-               for n in cal.notes), cal.notes
+    assert cal.fit[regime]["determined"] == ["compute"]
+    over = [n for n in cal.notes if "fitted efficiency above 1" in n]
+    # Only the efficiency the point bears on: the bandwidth one is the default, scaled.
+    assert len(over) == 1 and over[0].startswith(f"{regime}: fitted efficiency above 1 "
+                                                 f"(compute 2.0") and "bandwidth" not in over[0]
     result = invoke("predict", "--calibrate", tmp_path / "synthetic", "--gpu", "H100",
                     "--ceilings", "spec", "--json")
     assert result.exit_code == 0 and "fitted efficiency above 1" in result.stderr

@@ -51,19 +51,33 @@ def test_consumer_blackwell_gets_the_ampere_ada_lists():
 @pytest.mark.parametrize("n_weights", [1, 2])
 def test_split_k_stages_fit_the_budget(cap, dtype, n_weights):
     """Every split-K candidate's pipelined buffers (num_stages - 1 stages of the x tile and
-    n_weights weight tiles) fit the budget; a tile that does not keep as many stages as do,
-    so the list never runs dry (fp32 on a 99 KB SM had no fitting entry)."""
+    n_weights weight tiles) fit the budget, and the list never runs dry (fp32 on a 99 KB SM
+    had no fitting entry)."""
     size = torch.empty((), dtype=dtype).element_size()
     configs = _splitk.decode_configs(cap, dtype, n_weights)
     assert configs
-    full = {(bn, bk, w): s for bn, bk, w, s in _splitk._DECODE_TILES[n_weights]}
     for c in configs:
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        per_stage = size * bk * (bm + n_weights * bn)
-        assert 2 <= c.num_stages and (c.num_stages - 1) * per_stage <= smem_budget(cap)
-        listed = full[(bn, bk, c.num_warps)]
-        # Shrunk only when the listed stages would not fit, and then to as many as fit.
-        assert c.num_stages == min(listed, smem_budget(cap) // per_stage + 1)
+        assert c.num_stages >= 2
+        assert (c.num_stages - 1) * size * bk * (bm + n_weights * bn) <= smem_budget(cap)
+
+
+def _tiles(cap, dtype, n_weights):
+    return [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+            for c in _splitk.decode_configs(cap, dtype, n_weights)]
+
+
+def test_split_k_tiles_keep_the_stages_that_fit():
+    # Hopper in 16-bit: the lists as written (every tile fits 200 KB).
+    assert _tiles((9, 0), torch.float16, 1) == list(_splitk._DECODE_TILES[1])
+    assert _tiles((9, 0), torch.float16, 2) == [(32, 128, 4, 6), (64, 128, 4, 4)]
+    # Ada, 96 KB: the gated default keeps 5 of its 6 stages (4 x 20 KB buffers); in fp32
+    # every tile loses stages, down to 2 (one 80 KB buffer of a 64 x 256 fp32 tile).
+    assert _tiles((8, 9), torch.float16, 2) == [(32, 128, 4, 5), (64, 128, 4, 3)]
+    assert _tiles((8, 9), torch.float32, 1) == [
+        (64, 256, 4, 2), (32, 256, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2), (32, 128, 4, 5),
+        (64, 256, 8, 2)]
+    assert _tiles((8, 9), torch.float32, 2) == [(32, 128, 4, 3), (64, 128, 4, 2)]
 
 
 @triton.jit
@@ -113,3 +127,46 @@ def test_autotune_off_with_no_config_that_fits_raises_the_last_error(monkeypatch
     with pytest.raises(OutOfResources, match="65536"):
         tk.launch(lambda meta: (1,), torch.float16, torch.empty(4), 10)
     assert calls == [256, 64]
+
+
+@triton.jit
+def _block_matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C = A @ B for row-major A (M, K), B (K, N) in fp16 and C (M, N) in fp32, fp32
+    accumulation; every size a multiple of its block (no masks). A test kernel whose shared
+    memory grows with num_stages: the K loop is pipelined."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = tl.load(a_ptr + rm[:, None] * K + (k + rk)[None, :])
+        b = tl.load(b_ptr + (k + rk)[:, None] * N + rn[None, :])
+        acc += tl.dot(a, b)
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autotune", ["0", "1"])
+def test_a_config_too_big_for_the_gpu_is_skipped_on_a_real_launch(autotune, gpu, monkeypatch):
+    """On a GPU: a first config whose 7 pipelined buffers of 64 KB exceed any SM's shared
+    memory raises OutOfResources; with autotuning off the launcher falls back to the next
+    config, with it on Triton's autotuner skips it, and either way the product is right."""
+    monkeypatch.setenv("TRITONLAB_AUTOTUNE", autotune)
+    big = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8,
+                        num_stages=8)
+    small = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4,
+                          num_stages=2)
+    tk = TunedKernel(_block_matmul_kernel, key=["M", "N", "K"],
+                     configs=lambda cap, dtype: [big, small])
+    g = torch.Generator().manual_seed(5)
+    m, n, k = 256, 256, 512
+    a = torch.randn(m, k, generator=g).half().to(gpu)
+    b = torch.randn(k, n, generator=g).half().to(gpu)
+    c = torch.full((m, n), float("nan"), device=gpu)
+    tk.launch(lambda meta: (m // meta["BLOCK_M"], n // meta["BLOCK_N"]), torch.float16,
+              a, b, c, m, n, k)
+    assert tk.last_config["BLOCK_M"] == 64 and tk.last_config["num_stages"] == 2
+    ref = a.double() @ b.double()
+    assert torch.isfinite(c).all()
+    assert ((c.double() - ref).abs().max() / ref.abs().max()).item() < 1e-3

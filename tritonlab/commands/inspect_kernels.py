@@ -20,7 +20,7 @@ from tritonlab.static import api as insp
 @click.command("inspect")
 @click.argument("ops", nargs=-1)
 @click.option("--arch", "archs", multiple=True, help="Target architecture (repeatable): "
-              "sm_80, sm_86, sm_89, sm_90a, sm_100a, sm_120 (default: this GPU's, else sm_90a).")
+              "sm_80, sm_86, sm_89, sm_90a, sm_100a, sm_120a (default: this GPU's, else sm_90a).")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(DTYPE_CHOICES),
               help="Element type (repeatable; default float16).")
 @click.option("--config", "configs", multiple=True, metavar="KEY=VALUE,...",

@@ -34,6 +34,7 @@ a multiple of 16 bytes, and a 16-byte aligned base; C and D are row-major.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import triton
@@ -328,11 +329,13 @@ def persistent_target(name: str, dtype: torch.dtype, M: int, N: int, K: int, *,
                       scales: tuple[str, str] = ("none", "none"), has_bias: bool = False,
                       activation: str = "none", save_dact: bool = False,
                       impls: tuple[str, ...] | None = None, sms: int = 132,
-                      min_capability: tuple[int, int] = (9, 0)) -> CompileTarget:
+                      runs_on: Callable[[tuple[int, int]], bool] = hopper_class
+                      ) -> CompileTarget:
     """The persistent kernel as launched on a row-major A (M, K) and a row-major B (K, N)
     (``b_col_major``: B = W^T of an nn.Linear weight W (N, K)) on an H100 (132 SMs), for
-    ``tritonlab inspect``. It has no configs below ``min_capability``: the dispatch runs the
-    tiled kernel there (sm_90 for the 16-bit GEMMs; fp8 runs it from sm_89)."""
+    ``tritonlab inspect``. It has no configs on a capability where ``runs_on`` is false: the
+    dispatch runs the tiled kernel there (the 16-bit GEMMs use it on the Hopper class only;
+    fp8 runs it from sm_89)."""
     out_dtype = out_dtype or dtype
     values = dict(
         M=M, N=N, K=K, stride_am=K, stride_ak=1,
@@ -345,5 +348,5 @@ def persistent_target(name: str, dtype: torch.dtype, M: int, N: int, K: int, *,
         INPUT_PRECISION="tf32" if dtype == torch.float32 else "ieee", NUM_SMS=sms,
     )
     return CompileTarget(name, PERSISTENT_KERNEL.kernel, dtype, values, impls=impls,
-                         configs=lambda cap: (persistent_configs(cap, dtype)
-                                              if tuple(cap) >= min_capability else []))
+                         configs=lambda cap: persistent_configs(cap, dtype) if runs_on(cap)
+                         else [])

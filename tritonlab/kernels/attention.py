@@ -461,10 +461,11 @@ def dq_configs(capability: tuple[int, int], dtype: torch.dtype, head_dim: int
 # fp32 runs its dots on the FMA units, operands staged through shared memory, so its tiles
 # need about twice the bytes of 16-bit ones: compiled at head dim 128, no entry of the
 # forward, dK/dV or dQ lists fits the 99 KB of sm_89 / sm_120 (the forward's first needs
-# 224 KB there, and 226 KB of sm_90a's 227). This floor does (52 KB forward, 68 KB for each
-# backward kernel on both); it ends every fp32 list up to head dim 128, so that a GPU where no
-# larger tile fits still launches (the autotuner skips a tile that does not fit, and with
-# autotuning off TunedKernel falls back to the next).
+# 224.5 KB there, more than sm_80's 163 too, and 225.5 KB of sm_90a's 227). This floor
+# fits (52 KB forward, 68 KB for each backward kernel on both); it ends every fp32 list up
+# to head dim 128, so that a GPU where no larger tile fits still launches (the autotuner
+# skips a tile that does not fit, and with autotuning off TunedKernel falls back to the
+# next).
 _FP32_FLOOR = _cfg(32, 32, 4, 2)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 import triton
-from triton.runtime.errors import OutOfResources
+from triton.compiler.errors import CompileTimeAssertionFailure
+from triton.runtime.errors import OutOfResources, PTXASError
 
 from tritonlab import backend
 
@@ -37,12 +38,17 @@ def config_dict(config: triton.Config | Mapping | None) -> dict | None:
     return out
 
 
+# What Triton's autotuner treats as "this config cannot run here" (it times it as infinite).
+_CANNOT_RUN = (OutOfResources, CompileTimeAssertionFailure, PTXASError)
+
+
 def hopper_class(capability: tuple[int, int]) -> bool:
     """Whether a GPU of compute ``capability`` gets the large-tile configs: the data-centre
     SMs of capability 9.x and 10.x (H100/H200, B200) with 227 KB of shared memory per block,
-    TMA and a warpgroup-wide MMA. Consumer Blackwell (12.x) is newer but has Ada's 99 KB and
-    mma.sync, so it gets the Ampere/Ada configs (the persistent GEMM's Hopper default needs
-    129 KB there: ``tritonlab inspect --arch sm_120``)."""
+    TMA and an MMA fed from shared memory (wgmma on 9.x, tcgen05 on 10.x). Consumer Blackwell
+    (12.x) is newer but has Ada's 99 KB and mma.sync, so it gets the Ampere/Ada configs: the
+    persistent GEMM's Hopper default needs 129 KB there (``tritonlab inspect matmul --arch
+    sm_120a --config BLOCK_M=128,BLOCK_N=256,BLOCK_K=64,num_warps=8,num_stages=3``)."""
     return capability[0] in (9, 10)
 
 
@@ -127,15 +133,20 @@ class TunedKernel:
         SM has raises OutOfResources when it is loaded, before anything runs, so the next one
         is tried: the lists are sized for a class of GPU (sm_80's 163 KB, Hopper's 227 KB),
         and a smaller SM of the class (Ada's 99 KB) or a wider dtype (fp32) can overflow the
-        first. The index that fitted is remembered per launch key."""
+        first. Errors Triton's autotuner takes for "this config cannot run" (a ptxas
+        failure, a compile-time assertion) are skipped the same way. The index that fitted
+        is remembered per launch key and constexpr switch (each starts from the top, so the
+        config a launch gets does not depend on what ran before it)."""
         bound = {**dict(zip(self.kernel.arg_names, args)), **kwargs}
-        key = (id(tuners), *(bound.get(k) for k in self.key))
+        switches = tuple(sorted((k, v) for k, v in kwargs.items()
+                                if isinstance(v, (bool, int, str))))
+        key = (id(tuners), *(bound.get(k) for k in self.key), switches)
         i = self._fitting.get(key, 0)
         while True:
             try:
                 tuners[i][grid](*args, **kwargs)
                 break
-            except OutOfResources:
+            except _CANNOT_RUN:
                 if i == len(tuners) - 1:
                     raise
                 i += 1

@@ -169,7 +169,7 @@ class Fp8MatmulOp(OpSpec):
         scales = ("row", "col") if self.per_row else ("tensor", "tensor")
         targets = [persistent_target("fwd", FP8_DTYPE, 8192, 8192, 4096, b_col_major=True,
                                      out_dtype=dtype, scales=scales,
-                                     min_capability=MIN_CAPABILITY)]
+                                     runs_on=lambda cap: tuple(cap) >= MIN_CAPABILITY)]
         if self.per_row:
             targets.append(CompileTarget(
                 "quantize", _quantize_rows_kernel, dtype,

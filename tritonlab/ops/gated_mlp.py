@@ -175,7 +175,9 @@ class GatedMLPOp(OpSpec):
                 M=m, N=n, K=k, eps=EPS, stride_xm=k, stride_xk=1, stride_gn=k, stride_gk=1,
                 stride_un=k, stride_uk=1, stride_nw=1, stride_om=n,
                 nw_ptr=dtype if self.rms else None, X_T=False, G_T=True, U_T=True,
-                ACTIVATION="silu", RMS=self.rms, INPUT_PRECISION=precision_for(dtype, None),
+                ACTIVATION="silu", RMS=self.rms,
+                # Exact fp32 takes the tiled kernel (kernels.gated_mlp); fp32 runs it as TF32.
+                INPUT_PRECISION="tf32" if dtype == torch.float32 else "ieee",
                 NUM_SMS=132),
             # The dispatch runs it on the Hopper class only.
             configs=lambda cap: (persistent_gated_configs(cap, dtype) if hopper_class(cap)

@@ -86,7 +86,8 @@ def _terms(p: Measured, target: Target, x: float, y: float, launch_s: float
 def _solve(rows: Sequence[tuple[float, float, float]], x0: float, y0: float
            ) -> tuple[float, float]:
     """Least squares of C x + M y = r over rows (C, M, r), already scaled by 1/t; a common
-    factor on (x0, y0) where the rows cannot separate x and y."""
+    factor on (x0, y0) where the rows cannot separate x and y. The data determine x only
+    where some C is nonzero, and y only where some M is (:func:`_determined`)."""
     cc = sum(c * c for c, _, _ in rows)
     mm = sum(m * m for _, m, _ in rows)
     cm = sum(c * m for c, m, _ in rows)
@@ -131,7 +132,15 @@ def fit_efficiency(points: Sequence[Measured], target: Target, regime: str
     eff = Efficiency(1 / x, 1 / y, base.launch_s,
                      f"fitted on {len(used)} {regime} point(s) of the run")
     return eff, {"points": len(used), "rms_rel_residual": residual,
-                 "labels": [p.label for p in used]}
+                 "labels": [p.label for p in used], "determined": _determined(rows)}
+
+
+def _determined(rows: Sequence[tuple[float, float, float]]) -> list[str]:
+    """The efficiencies the rows bear on: compute where a point has compute-bound kernels,
+    bandwidth where one has bandwidth-bound kernels (the other keeps its default, or is
+    scaled with it by a common factor)."""
+    return [what for what, i in (("compute", 0), ("bandwidth", 1))
+            if any(row[i] for row in rows)]
 
 
 def _nonnegative_lsq(f: Sequence[float], b: Sequence[float], d: Sequence[float]
@@ -159,15 +168,16 @@ def fit_power(run: Run, points: Sequence[Measured], target: Target
     if idle is None or len(powered) < 2:
         return None, ("the run has no power readings with an idle baseline and two phases "
                       "(a contrast on a GPU has them)")
-    if not any(p.flops for p in powered) and not any(p.bytes for p in powered):
-        return None, "the phases with power readings count no FLOPs and no bytes"
+    if not any(p.bytes for p in powered):
+        return None, "the phases with power readings count no bytes moved"
     limit = power_limit(run) or (target.power.limit_w if target.power else None)
     if limit is None:
         return None, "no power limit recorded and the device has no datasheet TDP"
     u = [p.flops / p.seconds_per_step / (target.peak(p.dtype) * 1e12) for p in powered]
     b = [p.bytes / p.seconds_per_step for p in powered]
     w_peak, e_byte = _nonnegative_lsq(u, b, [p.power_w - idle for p in powered])
-    per_flop = {k: (w_peak / peak if (peak := target.ceilings.peak(k)) else None)
+    # Phases without FLOPs say nothing of their energy: unknown, not free.
+    per_flop = {k: (w_peak / peak if (peak := target.ceilings.peak(k)) and any(u) else None)
                 for k in COMPUTE_KEYS}
     dtypes = sorted({DTYPES[p.dtype][0] for p in powered})
     return PowerModel(idle_w=idle, limit_w=limit, pj_per_flop=per_flop,
@@ -202,7 +212,8 @@ def calibrate(path) -> Calibration:
         notes.append("the run has no Triton rows: fitted on every impl")
     for regime, eff in efficiency.items():
         over = [f"{what} {value:.2f}" for what, value in
-                (("compute", eff.compute), ("bandwidth", eff.bandwidth)) if value > 1.0]
+                (("compute", eff.compute), ("bandwidth", eff.bandwidth))
+                if value > 1.0 and what in fit[regime]["determined"]]
         if over:
             notes.append(f"{regime}: fitted efficiency above 1 ({', '.join(over)}): the points "
                          f"ran faster than the ceilings allow, so the ceilings are below what "

@@ -62,14 +62,14 @@ ARCHS: dict[str, ArchLimits] = {
                    smem_per_block_optin=227 * _KB),
         ArchLimits("sm_100a", (10, 0), "B200", smem_per_sm=228 * _KB,
                    smem_per_block_optin=227 * _KB),
-        ArchLimits("sm_120", (12, 0), "RTX 50xx, RTX PRO 6000 Blackwell",
+        ArchLimits("sm_120a", (12, 0), "RTX 50xx, RTX PRO 6000 Blackwell",
                    smem_per_sm=100 * _KB, smem_per_block_optin=99 * _KB,
                    max_threads_per_sm=1536, max_warps_per_sm=48, max_blocks_per_sm=32),
     )
 }
-# Triton always compiles capability 9.0 and 10.0 for the architecture-specific targets
-# (wgmma and tcgen05 exist only there).
-ARCH_ALIASES = {"sm_90": "sm_90a", "sm_100": "sm_100a"}
+# Triton compiles every capability from 9.0 on for its architecture-specific target
+# (sm_90a, sm_100a, sm_120a: wgmma and tcgen05 exist only in the first two).
+ARCH_ALIASES = {"sm_90": "sm_90a", "sm_100": "sm_100a", "sm_120": "sm_120a"}
 
 
 def parse_arch(name: str | tuple[int, int]) -> ArchLimits:
